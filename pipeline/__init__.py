@@ -1,0 +1,1 @@
+"""wxens pipeline package."""

@@ -1,0 +1,19 @@
+"""Shared fixtures: the real sample data of ../shared/realdata, temporary run directories."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+REALDATA = Path(os.environ.get("WXENS_REALDATA", REPO.parent / "shared" / "realdata"))
+
+
+@pytest.fixture(scope="session")
+def realdata() -> Path:
+    """Folder of real sample stores; tests that need it skip with a clear reason when absent."""
+    if not REALDATA.is_dir():
+        pytest.skip(f"real sample data not found at {REALDATA} (set WXENS_REALDATA)")
+    return REALDATA

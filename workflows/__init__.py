@@ -1,0 +1,1 @@
+"""wxens workflows package."""
