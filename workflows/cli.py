@@ -22,6 +22,14 @@ app = typer.Typer(
 )
 
 
+@app.command()
+def version() -> None:
+    """Print the wxens version."""
+    from wxens import __version__
+
+    typer.echo(__version__)
+
+
 def _register() -> None:
     from data_catalog import cli as catalog_cli
     from evaluation import cli as evaluation_cli
