@@ -22,6 +22,18 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def _root(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Warnings and errors only."),
+    json_logs: bool = typer.Option(False, "--json-logs", help="One JSON object per log line (batch systems)."),
+) -> None:
+    """Huge-ensemble ML weather forecasts: data, models, ensembles, scores."""
+    from workflows.logs import setup_logging
+
+    setup_logging(verbose=verbose, quiet=quiet, json_logs=json_logs)
+
+
 @app.command()
 def version() -> None:
     """Print the wxens version."""
@@ -55,12 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     except typer.Abort:
         print("error: aborted", file=sys.stderr)
         return 1
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.ClickException):
+    except Exception as exc:
+        # click/typer usage errors (unknown command, bad option) carry their own message and code
+        if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
             print(f"error: {exc.format_message()}", file=sys.stderr)
-            return exc.exit_code
+            return int(exc.exit_code)
         logging.getLogger("wxens").debug("unexpected error", exc_info=True)
         raise
     return 0
