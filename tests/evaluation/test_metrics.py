@@ -303,3 +303,68 @@ def test_accumulator_rank_histogram(rng: np.random.Generator) -> None:
     y = rng.normal(size=500)
     acc = M.EnsembleAccumulator.from_members(f[:2], y) + M.EnsembleAccumulator.from_members(f[2:], y)
     np.testing.assert_array_equal(acc.rank_histogram(rng), M.rank_histogram(f, y, rng=rng))
+
+
+# --------------------------------------------------------------------------------------------------
+# regions (evaluation/regions.py)
+# --------------------------------------------------------------------------------------------------
+
+
+def test_region_area_fractions_analytic() -> None:
+    from evaluation.regions import region_mask, region_weights
+
+    lat = np.linspace(90, -90, 721)
+    lon = np.arange(1440) * 0.25
+    gw = region_weights(lat, lon, "global")
+    np.testing.assert_allclose(gw, np.broadcast_to(area_weights(lat)[:, None], gw.shape))
+    total = gw.sum()
+    # area fraction of a latitude band [a, b] is (sin b - sin a) / 2
+    for name, (a, b) in {
+        "tropics": (-20, 20),
+        "nhextratropics": (20, 90),
+        "shextratropics": (-90, -20),
+    }.items():
+        frac = (gw * region_mask(lat, lon, name)).sum() / total
+        exact = (np.sin(np.deg2rad(b)) - np.sin(np.deg2rad(a))) / 2
+        assert abs(frac - exact) < 0.25 / 180 * np.pi  # within one row's width
+    # a box's area: 60 degrees of longitude -> 1/6 of its band
+    mask = region_mask(lat, lon, (30, 60, 330, 30))
+    frac = (gw * mask).sum() / total
+    exact = (np.sin(np.deg2rad(60)) - np.sin(np.deg2rad(30))) / 2 / 6
+    assert abs(frac - exact) / exact < 0.02
+
+
+def test_region_longitude_wrap_and_conventions() -> None:
+    from evaluation.regions import Region, region_mask
+
+    lat = np.array([50.0, 10.0])
+    lon360 = np.arange(0, 360, 10.0)
+    lon180 = np.where(lon360 >= 180, lon360 - 360, lon360)
+    box = Region("atl", 0, 60, 340, 20)
+    m360 = region_mask(lat, lon360, box)
+    m180 = region_mask(lat, lon180, box)
+    np.testing.assert_array_equal(m360, m180)
+    expected = (lon360 >= 340) | (lon360 <= 20)
+    np.testing.assert_array_equal(m360[0], expected)
+    with pytest.raises(UserError):
+        region_mask(lat, lon360, "atlantis")
+    with pytest.raises(UserError):
+        Region("bad", 50, 10)
+
+
+def test_region_mean_numpy_torch(rng: np.random.Generator) -> None:
+    from evaluation.regions import region_mean, region_weights
+
+    lat = np.linspace(87.1875, -87.1875, 32)
+    lon = np.arange(64) * 5.625
+    x = rng.normal(size=(3, 32, 64))
+    x[0, 3, 4] = np.nan
+    got = region_mean(x, lat, lon, "nhextratropics")
+    w = region_weights(lat, lon, "nhextratropics")
+    ref = [np.nansum(x[i] * w) / np.sum(w * ~np.isnan(x[i])) for i in range(3)]
+    np.testing.assert_allclose(got, ref, rtol=1e-12)
+    np.testing.assert_allclose(region_mean(torch.from_numpy(x), lat, lon, "nhextratropics").numpy(), got)
+    # axis order does not matter
+    np.testing.assert_allclose(
+        region_mean(np.moveaxis(x, 0, -1), lat, lon, "tropics", 0, 1), region_mean(x, lat, lon, "tropics")
+    )
