@@ -1,0 +1,479 @@
+"""The real stages, each a thin call into one layer through a small adapter function.
+
+=============== ===================================================== ==============================
+stage           does                                                  writes (relative to run_dir)
+=============== ===================================================== ==============================
+prepare         opens the analyses (builds the embedded world once),  ``data.json``
+                checks variables and that the test years cover the
+                initial times plus the forecast length
+train           trains one checkpoint per seed (optional)             ``checkpoints/seed-<k>/``
+skill           per-checkpoint RMSE table (read or recalibrated);     ``skill.json``
+                sets the perturbation amplitudes
+model_climate   unperturbed reforecasts over past years (optional)    ``model_climate/``
+forecast        the ensemble (pipeline.run_forecast, resumable)       ``forecast/`` (store + manifest)
+score           scores vs truth and baselines on a dask cluster       ``scores.zarr``, ``scores.csv``
+report          the HTML report                                       ``report/report.html``
+=============== ===================================================== ==============================
+
+The adapters (functions named ``_call_*``) are the only places that know the other layers' signatures.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from data_catalog.errors import UserError
+from workflows.runner import StageContext, StageSpec, write_json
+from workflows.schema import Workflow, to_datetime64, to_timedelta64
+
+logger = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------------------------------
+# adapters to the other layers
+# --------------------------------------------------------------------------------------------------
+def _call_open_reanalysis(source: str, variables: Sequence[str] | None = None, time: Any = None) -> Any:
+    from data_catalog import open_reanalysis
+
+    return open_reanalysis(source, variables=variables, time=time)
+
+
+def _call_pretrained_dir(name: str) -> Path:
+    import models
+
+    return Path(models.pretrained_dir(name))
+
+
+def _call_train(workflow: Workflow, seed: int, out_dir: Path) -> Path:
+    """Train one checkpoint with ``seed`` into ``out_dir`` (models layer)."""
+    from models import train as mtrain
+
+    t = workflow.train
+    assert t is not None
+    return Path(
+        mtrain.train_checkpoint(
+            source=workflow.data.source,
+            out_dir=out_dir,
+            seed=seed,
+            epochs=t.epochs,
+            batch_size=t.batch_size,
+            learning_rate=t.learning_rate,
+            rollout_steps=t.rollout_steps,
+            device=t.device,
+            train_range=(workflow.data.train.start, workflow.data.train.end),
+            validation_range=(workflow.data.validation.start, workflow.data.validation.end),
+            variables=workflow.data.variables,
+            **t.model,
+        )
+    )
+
+
+def _call_checkpoint_skill(
+    checkpoint: Path, workflow: Workflow, lead_hours: Sequence[int], samples: int
+) -> dict[str, Any]:
+    """Latitude-weighted RMSE of one checkpoint on the validation years: ``{lead_hours, rmse{ch: []}}``."""
+    from models import skill as mskill
+
+    return dict(
+        mskill.checkpoint_skill(
+            checkpoint,
+            source=workflow.data.source,
+            time_range=(workflow.data.validation.start, workflow.data.validation.end),
+            lead_hours=list(lead_hours),
+            samples=samples,
+            seed=workflow.seed,
+        )
+    )
+
+
+def _call_run_forecast(config: Mapping[str, Any], run_dir: Path, shard: tuple[int, int]) -> Any:
+    import pipeline
+
+    return pipeline.run_forecast(dict(config), run_dir, shard=shard)
+
+
+def _call_forecast_progress(run_dir: Path) -> dict[str, Any]:
+    """Work units done / planned from the pipeline's manifest (``units.json`` + ``manifest/``)."""
+    from pipeline import manifest
+
+    done = manifest.done_units(run_dir)
+    plan = Path(run_dir) / "units.json"
+    total = len(json.loads(plan.read_text())) if plan.is_file() else None
+    return {"units_done": len(done), "units_total": total, "complete": (Path(run_dir) / "COMPLETE").exists()}
+
+
+def _call_open_forecast(path: Path) -> Any:
+    import pipeline
+
+    return pipeline.open_forecast(path)
+
+
+def _call_score(workflow: Workflow, forecast: Any, truth: Any) -> Any:
+    import evaluation
+
+    s = workflow.score
+    kwargs: dict[str, Any] = {
+        "baselines": list(s.baselines) or None,
+        "fair": s.fair,
+        "thresholds": s.thresholds,
+        "seed": workflow.seed,
+        "name": workflow.name,
+        "reference": (workflow.data.train.start, workflow.data.train.end),
+    }
+    if s.metrics is not None:
+        kwargs["metrics"] = list(s.metrics)
+    if s.regions is not None:
+        kwargs["regions"] = list(s.regions)
+    return evaluation.score_forecast(forecast, truth, variables=workflow.data.variables, **kwargs)
+
+
+def _call_write_scores(scores: Any, path: Path) -> Path:
+    import evaluation
+
+    return Path(evaluation.write_scores(scores, path))
+
+
+def _call_write_report(scores_path: Path, out_dir: Path, title: str, extra: Mapping[str, Any]) -> Path:
+    from evaluation.report import write_report
+
+    from evaluation import open_scores
+
+    return Path(write_report(open_scores(scores_path), out_dir, title=title, **extra))
+
+
+# --------------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------------
+def _is_checkpoint(path: Path) -> bool:
+    return (path / "weights.safetensors").is_file() or (path / "metadata.json").is_file()
+
+
+def resolve_checkpoints(workflow: Workflow, run_dir: Path) -> list[Path]:
+    """Checkpoint folders of the forecast: ``pretrained:<name>``, ``train``, folders, or lists."""
+    out: list[Path] = []
+    for entry in workflow.forecast.checkpoints:
+        if entry.startswith("pretrained:"):
+            base = _call_pretrained_dir(entry.split(":", 1)[1])
+        elif entry == "train":
+            assert workflow.train is not None
+            base = Path(run_dir) / workflow.train.output
+        else:
+            base = Path(entry).expanduser()
+        if not base.exists():
+            raise UserError(f"checkpoint folder not found: {base}")
+        if _is_checkpoint(base):
+            out.append(base)
+        else:
+            subs = sorted(p for p in base.iterdir() if p.is_dir() and _is_checkpoint(p))
+            if not subs:
+                raise UserError(f"no checkpoints (folders with weights.safetensors) in {base}")
+            out.extend(subs)
+    if workflow.forecast.max_checkpoints is not None:
+        out = out[: workflow.forecast.max_checkpoints]
+    return [p.resolve() for p in out]
+
+
+def forecast_config(
+    workflow: Workflow, run_dir: Path, amplitude: Mapping[str, float] | None = None
+) -> dict[str, Any]:
+    """The pipeline's ForecastConfig (as a dict) for this workflow."""
+    f = workflow.forecast
+    p = f.perturbation
+    times = [str(np.datetime_as_string(t, unit="m")) for t in f.init_times.expand()]
+    pert: dict[str, Any] = {
+        "method": p.method,
+        "alpha": p.alpha,
+        "cycles": p.cycles,
+        "seed_channel": p.seed_channel,
+        "length_scale_km": p.length_scale_km,
+    }
+    if p.method != "none":
+        pert["n_pairs"] = f.n_pairs()
+    amp = dict(p.amplitude) if p.amplitude else (dict(amplitude) if amplitude else None)
+    if amp:
+        pert["amplitude"] = amp
+    output: dict[str, Any] = {"path": str(_abs(run_dir, f.output.path)), "dtype": f.output.dtype}
+    if f.output.variables is not None:
+        output["variables"] = list(f.output.variables)
+    return {
+        "analysis": workflow.data.source,
+        "init_times": times,
+        "checkpoints": [str(c) for c in resolve_checkpoints(workflow, run_dir)],
+        "perturbation": pert,
+        "lead_steps": f.steps(workflow.data.time_step),
+        "batch_size": f.batch_size,
+        "device": f.device,
+        "output": output,
+        "inline": {"enabled": f.inline_scoring.enabled},
+        "seed": workflow.perturbation_seed(),
+    }
+
+
+def _abs(run_dir: Path, rel: str) -> Path:
+    p = Path(rel).expanduser()
+    return p if p.is_absolute() else Path(run_dir) / p
+
+
+def _rel(run_dir: Path, path: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(Path(run_dir).resolve()))
+    except ValueError:
+        return str(path)
+
+
+# --------------------------------------------------------------------------------------------------
+# stages
+# --------------------------------------------------------------------------------------------------
+def stage_prepare(ctx: StageContext) -> dict[str, Any]:
+    """Open the analyses, check variables and the time coverage of the forecasts' truth."""
+    w = ctx.workflow
+    logger.info("opening %s (the embedded world is built on first use)", w.data.source)
+    ds = _call_open_reanalysis(w.data.source, w.data.variables)
+    times = pd.DatetimeIndex(ds["time"].values)
+    inits = w.forecast.init_times.expand()
+    step = to_timedelta64(w.data.time_step)
+    lead = step * w.forecast.steps(w.data.time_step)
+    first, last = np.datetime64(times[0], "ns"), np.datetime64(times[-1], "ns")
+    missing = [t for t in inits if t < first or t > last]
+    if missing:
+        raise UserError(
+            f"initial time {np.datetime_as_string(missing[0], unit='h')} is outside the data "
+            f"({np.datetime_as_string(first, unit='h')} .. {np.datetime_as_string(last, unit='h')})"
+        )
+    if w.score.enabled and inits[-1] + lead > last:
+        logger.warning("the last forecasts end after the data (%s): late leads have no truth", times[-1])
+    test0, test1 = to_datetime64(w.data.test.start), to_datetime64(w.data.test.end)
+    outside = [t for t in inits if t < test0 or t > test1]
+    if outside:
+        logger.warning(
+            "%d initial time(s) lie outside the test years %s..%s",
+            len(outside),
+            w.data.test.start,
+            w.data.test.end,
+        )
+    info = {
+        "source": w.data.source,
+        "variables": [str(v) for v in ds.data_vars],
+        "time_range": [str(times[0]), str(times[-1])],
+        "n_times": int(times.size),
+        "grid": {
+            "latitude": int(ds.sizes.get("latitude", 0)),
+            "longitude": int(ds.sizes.get("longitude", 0)),
+        },
+        "init_times": len(inits),
+        "lead_steps": w.forecast.steps(w.data.time_step),
+    }
+    write_json(ctx.path("data.json"), info)
+    logger.info(
+        "data: %d variables, %s .. %s, %d init times", len(info["variables"]), times[0], times[-1], len(inits)
+    )
+    return {"outputs": {"data": "data.json"}, "variables": info["variables"]}
+
+
+def stage_train(ctx: StageContext) -> dict[str, Any]:
+    """Train the checkpoints of this shard's seeds (seeds ``i::N``)."""
+    w = ctx.workflow
+    assert w.train is not None
+    i, n = ctx.shard
+    out = ctx.mkdir(w.train.output)
+    written = {}
+    for seed in w.train.seeds[i::n]:
+        target = out / f"seed-{seed}"
+        if _is_checkpoint(target) and (target / "skill.json").is_file():
+            logger.info("checkpoint %s exists, kept", target)
+        else:
+            logger.info("training seed %d -> %s", seed, target)
+            _call_train(w, seed, target)
+        written[f"seed-{seed}"] = _rel(ctx.run_dir, target)
+    return {"outputs": written}
+
+
+def stage_skill(ctx: StageContext) -> dict[str, Any]:
+    """Collect (or recompute) each checkpoint's RMSE; set perturbation amplitudes = alpha x RMSE(ref lead)."""
+    w = ctx.workflow
+    s = w.skill
+    table: dict[str, Any] = {}
+    for ckpt in resolve_checkpoints(w, ctx.run_dir):
+        if s.calibrate:
+            logger.info("calibrating %s on %s..%s", ckpt.name, w.data.validation.start, w.data.validation.end)
+            skill = _call_checkpoint_skill(ckpt, w, s.lead_hours, s.samples)
+        else:
+            path = ckpt / "skill.json"
+            if not path.is_file():
+                raise UserError(f"checkpoint {ckpt} has no skill.json; set skill.calibrate: true")
+            skill = json.loads(path.read_text())
+        table[str(ckpt)] = skill
+    amplitude: dict[str, float] = {}
+    ref = s.reference_lead_hours
+    for skill in table.values():
+        leads = list(skill.get("lead_hours", []))
+        if ref not in leads:
+            raise UserError(f"skill has no {ref} h lead (has {leads}); set skill.reference_lead_hours")
+        k = leads.index(ref)
+        for ch, values in skill.get("rmse", {}).items():
+            amplitude.setdefault(ch, 0.0)
+            amplitude[ch] += float(values[k]) / len(table)
+    amplitude = {ch: w.forecast.perturbation.alpha * v for ch, v in amplitude.items()}
+    payload = {
+        "reference_lead_hours": ref,
+        "alpha": w.forecast.perturbation.alpha,
+        "amplitude": amplitude,
+        "calibrated": s.calibrate,
+        "checkpoints": table,
+    }
+    write_json(ctx.path("skill.json"), payload)
+    logger.info(
+        "skill of %d checkpoints; amplitudes %s", len(table), {k: round(v, 4) for k, v in amplitude.items()}
+    )
+    return {"outputs": {"skill": "skill.json"}, "checkpoints": len(table)}
+
+
+def stage_model_climate(ctx: StageContext) -> dict[str, Any]:
+    """Unperturbed reforecasts from every checkpoint over ``model_climate.init_times``."""
+    w = ctx.workflow
+    mc = w.model_climate
+    assert mc is not None
+    cfg = forecast_config(w, ctx.run_dir)
+    cfg["init_times"] = [str(np.datetime_as_string(t, unit="m")) for t in mc.init_times.expand()]
+    cfg["perturbation"] = {"method": "none"}
+    cfg["inline"] = {"enabled": False}
+    if mc.lead_time is not None:
+        cfg["lead_steps"] = int(to_timedelta64(mc.lead_time) // to_timedelta64(w.data.time_step))
+    folder = ctx.mkdir("model_climate")
+    cfg["output"] = {"path": str(_abs(ctx.run_dir, mc.output)), "dtype": "float32"}
+    _call_run_forecast(cfg, folder, ctx.shard)
+    return {"outputs": {"model_climate": mc.output}}
+
+
+def stage_forecast(ctx: StageContext) -> dict[str, Any]:
+    """Run this shard of the ensemble through the pipeline (which resumes from its manifest)."""
+    w = ctx.workflow
+    amplitude = None
+    skill_path = ctx.output_of("skill", "skill")
+    if skill_path is not None and w.skill.calibrate:
+        amplitude = json.loads(skill_path.read_text()).get("amplitude")
+    cfg = forecast_config(w, ctx.run_dir, amplitude)
+    folder = ctx.mkdir("forecast")
+    write_json(folder / "forecast-config.json", cfg)
+    n_ckpt = len(cfg["checkpoints"])
+    members = n_ckpt * w.forecast.members
+    logger.info(
+        "forecast: %d checkpoints x %d members = %d members, %d init times, %d steps (shard %d/%d)",
+        n_ckpt,
+        w.forecast.members,
+        members,
+        len(cfg["init_times"]),
+        cfg["lead_steps"],
+        *ctx.shard,
+    )
+    _call_run_forecast(cfg, folder, ctx.shard)
+    return {
+        "outputs": {"forecast": _rel(ctx.run_dir, Path(cfg["output"]["path"]))},
+        "members": members,
+        "init_times": len(cfg["init_times"]),
+        "lead_steps": cfg["lead_steps"],
+    }
+
+
+def stage_score(ctx: StageContext) -> dict[str, Any]:
+    """Score the ensemble and the baselines against the truth on the configured dask cluster."""
+    from workflows.cluster import dask_cluster
+
+    w = ctx.workflow
+    forecast_path = ctx.output_of("forecast", "forecast")
+    if forecast_path is None or not forecast_path.exists():
+        raise UserError("no forecast store to score; run the forecast stage first")
+    truth = w.score.truth or w.data.source
+    out = ctx.path(w.score.output)
+    with dask_cluster(w.score.dask) as where:
+        logger.info("scoring %s against %s on %s", forecast_path.name, truth, where)
+        scores = _call_score(w, _call_open_forecast(forecast_path), truth)
+        scores = scores.compute() if hasattr(scores, "compute") else scores
+        _call_write_scores(scores, out)
+    outputs = {"scores": w.score.output}
+    csv = out.with_suffix(".csv")
+    if csv.exists():
+        outputs["scores_csv"] = _rel(ctx.run_dir, csv)
+    return {"outputs": outputs}
+
+
+def stage_report(ctx: StageContext) -> dict[str, Any]:
+    """Write the HTML report from the scores."""
+    w = ctx.workflow
+    scores = ctx.output_of("score", "scores")
+    if scores is None or not scores.exists():
+        raise UserError("no scores to report; run the score stage first")
+    out_dir = ctx.mkdir(w.report.output)
+    extra: dict[str, Any] = {}
+    fc = ctx.output_of("forecast", "forecast")
+    if fc is not None:
+        extra["forecast"] = fc
+    html = _call_write_report(scores, out_dir, w.report.title or w.name, extra)
+    logger.info("report: %s", html)
+    return {"outputs": {"report": _rel(ctx.run_dir, html)}}
+
+
+# --------------------------------------------------------------------------------------------------
+# the registry: which configuration keys each stage's result depends on
+# --------------------------------------------------------------------------------------------------
+REGISTRY: dict[str, StageSpec] = {
+    s.name: s
+    for s in (
+        StageSpec(
+            "prepare",
+            stage_prepare,
+            ("data", "forecast.init_times", "forecast.lead_time", "forecast.lead_steps"),
+            description="open and check the analyses",
+        ),
+        StageSpec(
+            "train",
+            stage_train,
+            ("data", "train", "seed"),
+            ignore=("train.device",),
+            shardable=True,
+            description="train one checkpoint per seed",
+        ),
+        StageSpec(
+            "skill",
+            stage_skill,
+            (
+                "data",
+                "skill",
+                "forecast.checkpoints",
+                "forecast.max_checkpoints",
+                "forecast.perturbation.alpha",
+            ),
+            description="per-checkpoint RMSE, amplitudes",
+        ),
+        StageSpec(
+            "model_climate",
+            stage_model_climate,
+            ("data", "model_climate", "forecast.checkpoints", "forecast.max_checkpoints"),
+            shardable=True,
+            description="unperturbed reforecasts",
+        ),
+        StageSpec(
+            "forecast",
+            stage_forecast,
+            ("data", "forecast", "seed"),
+            ignore=("forecast.device", "forecast.batch_size"),
+            shardable=True,
+            description="the ensemble (pipeline)",
+        ),
+        StageSpec(
+            "score",
+            stage_score,
+            ("data", "score", "seed", "name"),
+            ignore=("score.dask",),
+            description="scores vs truth and baselines",
+        ),
+        StageSpec("report", stage_report, ("report", "name"), description="the HTML report"),
+    )
+}
