@@ -1,7 +1,121 @@
-"""Command-line commands of the models layer (composed into `wxens` by workflows.cli)."""
+"""Command-line commands of the models layer (composed into `wxens` by workflows.cli).
+
+``wxens train``: train one checkpoint (``--seed``) or several independent ones (``--seeds 0-7``).
+``wxens checkpoints list DIR``: the checkpoints below DIR with their validation skill.
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import typer
 
 app = typer.Typer(no_args_is_help=True, help="models commands")
+checkpoints_app = typer.Typer(no_args_is_help=True, help="Inspect trained checkpoints.")
+
+
+def train_command(
+    out: Path = typer.Option(..., "--out", help="Checkpoint directory (with --seeds: parent of seed-<S>/)."),
+    dataset: str = typer.Option(
+        "builtin:sphere-swe", "--dataset", help="Dataset id, catalog name or zarr path."
+    ),
+    seed: int = typer.Option(None, "--seed", help="Train one checkpoint with this seed."),
+    seeds: str = typer.Option(None, "--seeds", help="Train one checkpoint per seed: '0-7', '0,3,5'."),
+    embed_dim: int = typer.Option(32, "--embed-dim", help="SFNO width."),
+    num_layers: int = typer.Option(4, "--num-layers", help="SFNO depth."),
+    scale_factor: int = typer.Option(1, "--scale-factor", help="Internal grid downsampling."),
+    lmax: int = typer.Option(None, "--lmax", help="Spectral truncation (degree, exclusive)."),
+    mmax: int = typer.Option(None, "--mmax", help="Spectral truncation (order, exclusive); default lmax."),
+    steps: int = typer.Option(1000, "--steps", help="Optimiser iterations."),
+    batch_size: int = typer.Option(16, "--batch-size"),
+    lr: float = typer.Option(2e-3, "--lr", help="Peak learning rate (AdamW, cosine schedule)."),
+    rollout_steps: int = typer.Option(1, "--rollout-steps", help="Steps unrolled in fine-tuning."),
+    rollout_iters: int = typer.Option(
+        0, "--rollout-iters", help="Final iterations that use the unrolled loss."
+    ),
+    no_doy: bool = typer.Option(False, "--no-doy", help="Do not feed day-of-year features."),
+    save_every: int = typer.Option(100, "--save-every", help="Iterations between resumable training states."),
+    threads: int = typer.Option(None, "--threads", help="torch CPU threads."),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Train SFNO checkpoint(s) from scratch; rerunning the same command resumes an interrupted run."""
+    from data_catalog.errors import UserError
+    from models.train import TrainConfig, parse_seeds, train_many
+
+    if (seed is None) == (seeds is None):
+        raise UserError("give exactly one of --seed S or --seeds LIST")
+    cfg = TrainConfig(
+        dataset=dataset,
+        embed_dim=embed_dim,
+        num_layers=num_layers,
+        scale_factor=scale_factor,
+        lmax=lmax,
+        mmax=mmax,
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        rollout_steps=rollout_steps,
+        rollout_iters=rollout_iters,
+        features=() if no_doy else ("doy",),
+        save_every=save_every,
+        threads=threads,
+    )
+    if seed is not None:
+        from dataclasses import replace
+
+        from models.train import train
+
+        res = [train(replace(cfg, seed=seed), out, progress=progress)]
+    else:
+        res = train_many(cfg, parse_seeds(seeds), out, progress=progress)
+    for r in res:
+        what = "already trained" if r.skipped else f"trained in {r.seconds:.0f} s"
+        typer.echo(f"{r.path}: {what}")
+
+
+def list_command(
+    directory: Path = typer.Argument(..., help="Folder holding checkpoint directories."),
+    channel: str = typer.Option(
+        None, "--channel", help="Channel whose skill to show (default z500 or first)."
+    ),
+) -> None:
+    """List checkpoints with their validation RMSE at 48 h and 120 h."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from models.checkpoint import list_checkpoints
+
+    infos = list_checkpoints(directory)
+    table = Table(title=f"checkpoints in {directory}")
+    for col in ("path", "seed", "width x depth", "lmax", "train s", "channel", "RMSE 48 h", "RMSE 120 h"):
+        table.add_column(col)
+    for info in infos:
+        ch = channel or ("z500" if "z500" in info.channels else (info.channels[0] if info.channels else "-"))
+        a = info.architecture
+
+        def fmt(v: float | None) -> str:
+            return "-" if v is None else f"{v:.4g}"
+
+        table.add_row(
+            str(info.path.relative_to(directory) if info.path != Path(directory) else info.path),
+            str(info.seed),
+            f"{a.get('embed_dim', '?')} x {a.get('num_layers', '?')}",
+            str(a.get("lmax", "?")),
+            fmt(info.training_seconds),
+            ch,
+            fmt(info.rmse(ch, 48)),
+            fmt(info.rmse(ch, 120)),
+        )
+    Console(width=120).print(table)
+    if not infos:
+        typer.echo(f"no checkpoints found in {directory}")
+
+
+app.command("train")(train_command)
+checkpoints_app.command("list")(list_command)
+
+
+def register(root: typer.Typer) -> None:
+    """Add ``train`` and ``checkpoints`` to the ``wxens`` command line."""
+    root.command("train")(train_command)
+    root.add_typer(checkpoints_app, name="checkpoints")

@@ -1,0 +1,122 @@
+"""Reading training and evaluation data into memory for the models layer.
+
+Data come through :func:`data_catalog.readers.open_reanalysis` (canonical form: latitude descending,
+longitude ascending, one float32 variable per channel). An in-memory canonical ``xarray.Dataset`` is
+accepted too (tests, notebooks).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import xarray as xr
+
+from data_catalog.errors import UserError
+
+log = logging.getLogger(__name__)
+
+#: world split by years (docs/architecture.md)
+DEFAULT_TRAIN_YEARS = (2000, 2006)
+DEFAULT_VALID_YEARS = (2007, 2007)
+DEFAULT_TEST_YEARS = (2008, 2009)
+
+
+def open_dataset(dataset: str | xr.Dataset) -> xr.Dataset:
+    """Open ``dataset`` (an id such as ``builtin:sphere-swe``, a path, or a Dataset) in canonical form."""
+    if isinstance(dataset, xr.Dataset):
+        ds = dataset
+    else:
+        from data_catalog.readers import open_reanalysis
+
+        ds = open_reanalysis(dataset)
+    lat = np.asarray(ds["latitude"].values)
+    if lat.size > 1 and not np.all(np.diff(lat) < 0):
+        raise UserError("dataset latitude must be descending (north to south); open it with open_reanalysis")
+    return ds
+
+
+def dataset_id(dataset: str | xr.Dataset) -> str:
+    """A recordable name for ``dataset``."""
+    if isinstance(dataset, xr.Dataset):
+        return str(dataset.attrs.get("dataset_id", dataset.attrs.get("source", "in-memory")))
+    return str(dataset)
+
+
+def channels_of(ds: xr.Dataset) -> list[str]:
+    """Data variables with dims ``(time, latitude, longitude)``, in dataset order."""
+    return [str(v) for v, da in ds.data_vars.items() if tuple(da.dims) == ("time", "latitude", "longitude")]
+
+
+@dataclass
+class Block:
+    """A contiguous block of states in memory: ``data (T, C, lat, lon)`` float32 and its times."""
+
+    data: torch.Tensor
+    times: np.ndarray  # datetime64[ns], (T,)
+
+    def __len__(self) -> int:
+        return int(self.data.shape[0])
+
+
+def load_years(ds: xr.Dataset, channels: list[str], years: tuple[int, int]) -> Block:
+    """Load ``channels`` for the inclusive year range into a float32 tensor ``(T, C, lat, lon)``."""
+    sel = ds[channels].sel(time=slice(f"{years[0]}-01-01", f"{years[1]}-12-31T23:59:59"))
+    n = sel.sizes["time"]
+    if n < 2:
+        raise UserError(f"dataset has {n} time steps in years {years[0]}-{years[1]}; need at least 2")
+    arr = np.stack([np.asarray(sel[c].values, dtype=np.float32) for c in channels], axis=1)
+    if not np.all(np.isfinite(arr)):
+        raise UserError(f"dataset has non-finite values in years {years[0]}-{years[1]}")
+    times = np.asarray(sel["time"].values).astype("datetime64[ns]")
+    return Block(torch.from_numpy(np.ascontiguousarray(arr)), times)
+
+
+def time_step_of(times: np.ndarray) -> np.timedelta64:
+    """The (single) spacing of ``times``; raises UserError when irregular."""
+    d = np.unique(np.diff(times))
+    if d.size != 1:
+        raise UserError("dataset times are not regularly spaced")
+    return d[0]
+
+
+def statistics(block: Block, area_w: np.ndarray) -> dict[str, Any]:
+    """Per-channel area-weighted mean/std of the state and std of the one-step tendency.
+
+    ``mu_c = sum_t,i,j w_i x / sum w``, ``sigma_c^2`` likewise of ``(x - mu)^2``; ``sigma_d`` the same
+    for ``x_{t+1} - x_t`` (mean not removed: tendencies are centred on zero).
+    """
+    x = block.data.double()
+    w = torch.as_tensor(area_w, dtype=torch.float64).view(1, 1, -1, 1)
+    norm = w.expand_as(x[:, :1]).sum()
+    mean = (x * w).sum(dim=(0, 2, 3)) / norm
+    var = ((x - mean.view(1, -1, 1, 1)) ** 2 * w).sum(dim=(0, 2, 3)) / norm
+    d = x[1:] - x[:-1]
+    dnorm = w.expand_as(d[:, :1]).sum()
+    tvar = (d**2 * w).sum(dim=(0, 2, 3)) / dnorm
+    return {
+        "mean": mean.tolist(),
+        "std": var.sqrt().clamp_min(1e-12).tolist(),
+        "tendency_std": tvar.sqrt().clamp_min(1e-12).tolist(),
+    }
+
+
+def monthly_climatology(block: Block) -> torch.Tensor:
+    """Per-gridpoint mean state for each calendar month, ``(12, C, lat, lon)``."""
+    months = block.times.astype("datetime64[M]").astype(int) % 12
+    out = torch.zeros((12, *block.data.shape[1:]), dtype=torch.float64)
+    for m in range(12):
+        idx = np.nonzero(months == m)[0]
+        if idx.size:
+            out[m] = block.data[torch.from_numpy(idx)].double().mean(dim=0)
+        else:  # a short block: fall back to the overall mean
+            out[m] = block.data.double().mean(dim=0)
+    return out.float()
+
+
+def month_index(times: np.ndarray) -> np.ndarray:
+    """Calendar month (0..11) of each time."""
+    return np.asarray(times).astype("datetime64[M]").astype(int) % 12

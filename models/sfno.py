@@ -1,0 +1,213 @@
+"""A compact spherical Fourier neural operator (SFNO) built on torch-harmonics transforms.
+
+Architecture (Bonev et al. 2023, "Spherical Fourier Neural Operators: Learning Stable Dynamics on the
+Sphere", ICML): a pointwise encoder lifts the input channels to ``embed_dim``; ``num_layers`` blocks each
+apply a spectral convolution ``v_l^m = sum_i K_l[o, i] u_l^m[i]`` (weights depend on degree ``l`` only, an
+isotropic kernel, Driscoll & Healy 1994) plus a pointwise linear skip, a GELU, a pointwise MLP and an
+identity skip; a pointwise decoder maps back to the output channels.
+
+The first block transforms from the **data grid** (any latitude rows, see :mod:`models.sht`) and the last
+one back to it; the blocks in between work on an internal Legendre-Gauss grid of
+``ceil(nlat / scale_factor) x 2 ceil(nlat / scale_factor)`` points, where the transforms are exact for
+``lmax <= nlat_internal``. ``lmax`` / ``mmax`` are explicit hyperparameters (torch-harmonics 0.9 changed
+its default truncation).
+
+Parameters are initialised from an explicit :class:`torch.Generator` (no global RNG).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch_harmonics import InverseRealSHT, RealSHT
+
+from models.sht import GridInverseRealSHT, GridRealSHT
+
+
+@dataclass(frozen=True)
+class SFNOConfig:
+    """Hyperparameters of :class:`SFNO` (all recorded in checkpoint metadata)."""
+
+    in_chans: int
+    out_chans: int
+    embed_dim: int = 32
+    num_layers: int = 4
+    scale_factor: int = 1
+    lmax: int = 32
+    mmax: int = 32
+    mlp_ratio: float = 2.0
+    internal_grid: str = "legendre-gauss"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SFNOConfig:
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+def internal_shape(nlat: int, scale_factor: int) -> tuple[int, int]:
+    """Internal Legendre-Gauss grid ``(h, 2h)`` with ``h = ceil(nlat / scale_factor)``."""
+    h = -(-nlat // scale_factor)
+    return h, 2 * h
+
+
+class SpectralConv(nn.Module):
+    """Degree-wise spectral convolution between two transforms (Driscoll-Healy form).
+
+    ``y = ISHT_out( K_l . SHT_in(x) )`` with complex weights ``K`` of shape ``(out, in, lmax)``.
+    Also returns ``x`` resampled to the output grid (``ISHT_out(SHT_in(x))``) when the grids differ,
+    for the skip connections; transforms always run in float32.
+    """
+
+    def __init__(self, sht: nn.Module, isht: nn.Module, in_ch: int, out_ch: int) -> None:
+        super().__init__()
+        self.sht = sht
+        self.isht = isht
+        self.resample = (sht.nlat, sht.nlon) != (isht.nlat, isht.nlon) or sht.grid != isht.grid
+        self.weight = nn.Parameter(torch.zeros(out_ch, in_ch, isht.lmax, dtype=torch.complex64))
+
+    def reset_parameters(self, generator: torch.Generator) -> None:
+        scale = math.sqrt(1.0 / self.weight.shape[1])
+        w = torch.randn(self.weight.shape, dtype=torch.complex64, generator=generator) * scale
+        with torch.no_grad():
+            self.weight.copy_(w)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        dtype = x.dtype
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            x = x.float()
+            coeffs = self.sht(x)  # (B, C, L, M)
+            residual = self.isht(coeffs) if self.resample else x
+            y = self.isht(torch.einsum("bilm,oil->bolm", coeffs, self.weight))
+        return y.to(dtype), residual.to(dtype)
+
+
+class SFNOBlock(nn.Module):
+    """``h = GELU(spec(x) + W x); out = MLP(h) + x`` (all skips on the output grid)."""
+
+    def __init__(self, sht: nn.Module, isht: nn.Module, dim: int, mlp_ratio: float) -> None:
+        super().__init__()
+        hidden = int(dim * mlp_ratio)
+        self.spec = SpectralConv(sht, isht, dim, dim)
+        self.skip = Pointwise(dim, dim)
+        self.fc1 = Pointwise(dim, hidden)
+        self.fc2 = Pointwise(hidden, dim, bias=False)
+        self.act = nn.GELU()
+
+    def reset_parameters(self, generator: torch.Generator) -> None:
+        self.spec.reset_parameters(generator)
+        _init_conv(self.skip, generator, gain=1.0)
+        _init_conv(self.fc1, generator, gain=2.0)
+        _init_conv(self.fc2, generator, gain=0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y, residual = self.spec(x)
+        h = self.act(y + self.skip(residual))
+        return self.fc2(self.act(self.fc1(h))) + residual
+
+
+class Pointwise(nn.Module):
+    """A 1x1 convolution ``y[b, o] = W[o, i] x[b, i] + c[o]`` as one batched matmul.
+
+    On CPU this is ~4x faster than ``nn.Conv2d(k=1)`` (mkldnn) at 32x64 and makes no layout copies.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, bias: bool = True) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(out_ch, in_ch))
+        self.bias = nn.Parameter(torch.zeros(out_ch)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        xf = x.reshape(b, -1, h * w)
+        wt = self.weight.to(x.dtype).expand(b, -1, -1)  # stride-0 batch: no copy
+        if self.bias is None:
+            y = torch.bmm(wt, xf)
+        else:
+            y = torch.baddbmm(self.bias.to(x.dtype)[None, :, None], wt, xf)
+        return y.view(b, -1, h, w)
+
+
+def _init_conv(conv: Pointwise, generator: torch.Generator, gain: float) -> None:
+    """He-style normal init ``std = sqrt(gain / fan_in)``, zero bias."""
+    fan_in = conv.weight.shape[1]
+    w = torch.randn(conv.weight.shape, generator=generator) * math.sqrt(gain / fan_in)
+    with torch.no_grad():
+        conv.weight.copy_(w)
+        if conv.bias is not None:
+            conv.bias.zero_()
+
+
+class SFNO(nn.Module):
+    """Spherical Fourier neural operator on a latitude-longitude data grid.
+
+    Parameters
+    ----------
+    config
+        Hyperparameters (:class:`SFNOConfig`).
+    latitude
+        Data-grid latitude rows in degrees, descending (north to south).
+    nlon
+        Number of equispaced longitudes.
+    generator
+        Source of the initial weights; ``None`` leaves them at zero (to be loaded from a checkpoint).
+    """
+
+    def __init__(
+        self,
+        config: SFNOConfig,
+        latitude: np.ndarray,
+        nlon: int,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        lat = np.asarray(latitude, dtype=np.float64)
+        self.nlat, self.nlon = lat.size, nlon
+        h, w = internal_shape(self.nlat, config.scale_factor)
+        lmax, mmax = config.lmax, config.mmax
+        if lmax > h:
+            raise ValueError(f"lmax={lmax} exceeds the internal Gauss grid's exact limit {h}")
+        if config.internal_grid != "legendre-gauss":
+            raise ValueError("only the legendre-gauss internal grid is implemented")
+        sht_data = GridRealSHT(lat, nlon, lmax, mmax)
+        isht_data = GridInverseRealSHT(lat, nlon, lmax, mmax)
+        sht_int = RealSHT(h, w, lmax=lmax, mmax=mmax, grid="legendre-gauss")
+        isht_int = InverseRealSHT(h, w, lmax=lmax, mmax=mmax, grid="legendre-gauss")
+        d = config.embed_dim
+        self.encoder = Pointwise(config.in_chans, d)
+        blocks = []
+        for i in range(config.num_layers):
+            first, last = i == 0, i == config.num_layers - 1
+            blocks.append(
+                SFNOBlock(
+                    sht_data if first else sht_int,
+                    isht_data if last else isht_int,
+                    d,
+                    config.mlp_ratio,
+                )
+            )
+        self.blocks = nn.ModuleList(blocks)
+        self.decoder = Pointwise(d, config.out_chans)
+        if generator is not None:
+            self.reset_parameters(generator)
+
+    def reset_parameters(self, generator: torch.Generator) -> None:
+        """Draw all weights from ``generator`` (deterministic given its seed)."""
+        _init_conv(self.encoder, generator, gain=1.0)
+        for b in self.blocks:
+            b.reset_parameters(generator)
+        # small decoder: the model starts close to persistence (zero tendency)
+        _init_conv(self.decoder, generator, gain=0.01)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Map ``(B, in_chans, nlat, nlon)`` to ``(B, out_chans, nlat, nlon)``."""
+        x = self.encoder(x)
+        for b in self.blocks:
+            x = b(x)
+        return self.decoder(x)

@@ -1,0 +1,380 @@
+"""Training SFNO checkpoints: deterministic given the seed, resumable, one checkpoint per seed.
+
+Loss: latitude-weighted MSE in normalised units,
+
+``L = mean_{b,c,i,j} w_i ((x_hat - x) / sigma_d,c)^2``
+
+with area weights ``w_i`` (mean 1, :func:`data_catalog.grid.area_weights`) and ``sigma_d`` the per-channel
+standard deviation of the 6-h tendency; with ``rollout_steps = K > 1`` the last ``rollout_iters``
+iterations unroll ``K`` steps and average the loss over them (multi-step fine-tuning, as in
+Keisler 2022 / Lam et al. 2023). AdamW with linear warm-up and cosine decay; gradient-norm clipping.
+
+Resumability: every ``save_every`` iterations the full training state (weights, optimiser, the batch
+generator's RNG state, elapsed time) goes atomically to ``<out>/train_state.pt`` (tensors and plain
+types only, read back with ``torch.load(weights_only=True)``); a restart with the same configuration
+continues from there and produces the same weights as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import xarray as xr
+
+from data_catalog.errors import UserError
+from data_catalog.grid import area_weights
+from models.checkpoint import METADATA, code_version, save_checkpoint
+from models.data import (
+    DEFAULT_TRAIN_YEARS,
+    DEFAULT_VALID_YEARS,
+    Block,
+    channels_of,
+    dataset_id,
+    load_years,
+    monthly_climatology,
+    open_dataset,
+    statistics,
+    time_step_of,
+)
+from models.sfno import internal_shape
+from models.skill import skill_table
+from models.wrapper import build_model
+
+log = logging.getLogger(__name__)
+
+STATE = "train_state.pt"
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines a trained checkpoint (recorded in its metadata)."""
+
+    dataset: str = "builtin:sphere-swe"
+    seed: int = 0
+    embed_dim: int = 32
+    num_layers: int = 4
+    scale_factor: int = 1
+    lmax: int | None = None  # default: min(internal nlat, ceil(3 nlat / 4))
+    mmax: int | None = None  # default: lmax
+    mlp_ratio: float = 2.0
+    features: tuple[str, ...] = ("doy",)
+    steps: int = 1000
+    batch_size: int = 16
+    lr: float = 2e-3
+    weight_decay: float = 1e-5
+    warmup_steps: int = 20
+    grad_clip: float = 1.0
+    rollout_steps: int = 1
+    rollout_iters: int = 0
+    train_years: tuple[int, int] = DEFAULT_TRAIN_YEARS
+    valid_years: tuple[int, int] = DEFAULT_VALID_YEARS
+    channels: tuple[str, ...] | None = None
+    save_every: int = 100
+    skill_inits: int = 8
+    skill_lead_steps: int = 40
+    threads: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        for k, v in d.items():
+            if isinstance(v, tuple):
+                d[k] = list(v)
+        return d
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that must match for a training state to be resumed."""
+        d = self.to_dict()
+        for k in ("save_every", "threads", "skill_inits", "skill_lead_steps"):
+            d.pop(k)
+        return d
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` produced."""
+
+    path: Path
+    seconds: float
+    final_loss: float
+    resumed_from: int = 0
+    skipped: bool = False
+    losses: list[float] = field(default_factory=list)
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0-7"``, ``"0,3,5"``, ``"0-3,8"`` -> sorted unique seeds."""
+    seeds: set[int] = set()
+    try:
+        for part in str(text).split(","):
+            part = part.strip()
+            if not part:
+                continue
+            if "-" in part[1:]:
+                a, b = part.split("-", 1) if not part.startswith("-") else (part, "")
+                lo, hi = int(a), int(b)
+                if hi < lo:
+                    raise ValueError
+                seeds.update(range(lo, hi + 1))
+            else:
+                seeds.add(int(part))
+    except ValueError:
+        raise UserError(f"bad seed list '{text}': use e.g. 0-7 or 0,3,5") from None
+    if not seeds or min(seeds) < 0:
+        raise UserError(f"bad seed list '{text}': seeds are non-negative integers")
+    return sorted(seeds)
+
+
+def _lr_at(cfg: TrainConfig, it: int) -> float:
+    if it < cfg.warmup_steps:
+        return cfg.lr * (it + 1) / cfg.warmup_steps
+    frac = (it - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.lr * (0.02 + 0.98 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, frac))))
+
+
+def _weighted_mse(err: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return (err.square() * w).mean()
+
+
+def _save_state(path: Path, state: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _load_state(path: Path) -> dict[str, Any]:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise UserError(
+            f"cannot resume: {path} is unreadable ({type(exc).__name__}); delete it to start over"
+        ) from None
+
+
+def prepare(cfg: TrainConfig, dataset: str | xr.Dataset | None = None) -> dict[str, Any]:
+    """Load the training and validation years into memory and compute statistics."""
+    ds = open_dataset(dataset if dataset is not None else cfg.dataset)
+    channels = list(cfg.channels) if cfg.channels else channels_of(ds)
+    missing = [c for c in channels if c not in ds.data_vars]
+    if missing:
+        raise UserError(f"dataset lacks channels {missing}")
+    lat = np.asarray(ds["latitude"].values, dtype=np.float64)
+    lon = np.asarray(ds["longitude"].values, dtype=np.float64)
+    train = load_years(ds, channels, tuple(cfg.train_years))
+    valid = load_years(ds, channels, tuple(cfg.valid_years))
+    step = time_step_of(train.times)
+    if step != np.timedelta64(6, "h"):
+        raise UserError(f"dataset time step is {step.astype('timedelta64[h]')}, the SFNO wrapper needs 6 h")
+    stats = statistics(train, area_weights(lat))
+    return {
+        "dataset_id": dataset_id(dataset if dataset is not None else cfg.dataset),
+        "channels": channels,
+        "latitude": lat,
+        "longitude": lon,
+        "train": train,
+        "valid": valid,
+        "stats": stats,
+        "climatology": monthly_climatology(train),
+    }
+
+
+def architecture(cfg: TrainConfig, n_channels: int, nlat: int) -> dict[str, Any]:
+    """The SFNO hyperparameters for ``cfg`` on a grid with ``nlat`` rows (lmax/mmax made explicit)."""
+    h, _ = internal_shape(nlat, cfg.scale_factor)
+    lmax = cfg.lmax or min(h, -(-3 * nlat // 4))
+    mmax = cfg.mmax or lmax
+    n_feat = sum(2 if f == "doy" else 1 for f in cfg.features)
+    return {
+        "in_chans": n_channels + n_feat,
+        "out_chans": n_channels,
+        "embed_dim": cfg.embed_dim,
+        "num_layers": cfg.num_layers,
+        "scale_factor": cfg.scale_factor,
+        "lmax": lmax,
+        "mmax": mmax,
+        "mlp_ratio": cfg.mlp_ratio,
+        "internal_grid": "legendre-gauss",
+    }
+
+
+def train(
+    cfg: TrainConfig,
+    out: str | Path,
+    dataset: str | xr.Dataset | None = None,
+    prepared: dict[str, Any] | None = None,
+    callback: Callable[[int, float], None] | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train one checkpoint into ``out`` (resuming a training state found there).
+
+    Parameters
+    ----------
+    cfg
+        Training configuration (the seed draws the initial weights and the batch order).
+    out
+        Checkpoint directory; holds ``train_state.pt`` while training.
+    dataset
+        Overrides ``cfg.dataset`` with an in-memory canonical Dataset (tests, notebooks).
+    prepared
+        Output of :func:`prepare` to share loaded data between seeds.
+    callback
+        Called as ``callback(iteration, loss)`` after each iteration (tests interrupt through it).
+    """
+    out = Path(out)
+    if (out / METADATA).is_file() and not (out / STATE).is_file():
+        log.info("%s already holds a finished checkpoint; skipping", out)
+        return TrainResult(out, 0.0, float("nan"), skipped=True)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.rollout_iters and cfg.rollout_steps < 2:
+        raise UserError("--rollout-iters needs --rollout-steps >= 2")
+    if cfg.rollout_iters > cfg.steps:
+        raise UserError("--rollout-iters cannot exceed --steps")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    p = prepared if prepared is not None else prepare(cfg, dataset)
+    train_b: Block = p["train"]
+    channels, lat, lon = p["channels"], p["latitude"], p["longitude"]
+    arch = architecture(cfg, len(channels), lat.size)
+
+    init_gen = torch.Generator().manual_seed(int(cfg.seed))
+    batch_gen = torch.Generator().manual_seed(int(cfg.seed) + 1_000_003)
+    model = build_model(arch, channels, lat, lon, p["stats"], tuple(cfg.features), generator=init_gen)
+    net = model.net
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    start, elapsed, losses = 0, 0.0, []
+    state_path = out / STATE
+    if state_path.is_file():
+        st = _load_state(state_path)
+        if json.loads(st["config"]) != cfg.identity():
+            raise UserError(f"{out} holds a training state for a different configuration; use another --out")
+        net.load_state_dict(st["net"])
+        opt.load_state_dict(st["opt"])
+        batch_gen.set_state(st["rng"])
+        start, elapsed = int(st["iteration"]), float(st["elapsed"])
+        losses = [float(v) for v in st["losses"].tolist()]
+        log.info("resuming %s at iteration %d/%d", out, start, cfg.steps)
+
+    w = torch.as_tensor(area_weights(lat), dtype=torch.float32).view(1, 1, -1, 1)
+    tstd = model._tstd
+    data, times = train_b.data, train_b.times
+    t0 = time.perf_counter()
+    net.train()
+
+    def save(it: int) -> None:
+        _save_state(
+            state_path,
+            {
+                "config": json.dumps(cfg.identity()),
+                "iteration": it,
+                "net": net.state_dict(),
+                "opt": opt.state_dict(),
+                "rng": batch_gen.get_state(),
+                "elapsed": elapsed + time.perf_counter() - t0,
+                "losses": torch.tensor(losses, dtype=torch.float64),
+            },
+        )
+
+    bar = _progress(progress)
+    with bar:
+        task = bar.add_task(f"train seed {cfg.seed}", total=cfg.steps, completed=start, loss=float("nan"))
+        for it in range(start, cfg.steps):
+            k = cfg.rollout_steps if it >= cfg.steps - cfg.rollout_iters else 1
+            idx = torch.randint(0, len(train_b) - k, (cfg.batch_size,), generator=batch_gen)
+            for g in opt.param_groups:
+                g["lr"] = _lr_at(cfg, it)
+            x = data[idx]
+            loss = torch.zeros(())
+            for j in range(k):
+                tj = list(times[(idx + j).numpy()])
+                x = model.forward(x, tj)
+                loss = loss + _weighted_mse((x - data[idx + j + 1]) / tstd, w) / k
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+            opt.step()
+            lv = float(loss.detach())
+            if not math.isfinite(lv):
+                raise UserError(f"training diverged at iteration {it} (loss {lv}); lower --lr")
+            losses.append(lv)
+            bar.update(task, advance=1, loss=lv)
+            if (it + 1) % cfg.save_every == 0 and it + 1 < cfg.steps:
+                save(it + 1)
+            if callback is not None:
+                callback(it, lv)
+    seconds = elapsed + time.perf_counter() - t0
+    net.eval()
+
+    model.metadata = {
+        "seed": int(cfg.seed),
+        "dataset": {
+            "id": p["dataset_id"],
+            "train_years": list(cfg.train_years),
+            "valid_years": list(cfg.valid_years),
+            "train_time_range": [
+                str(np.datetime64(train_b.times[0], "s")),
+                str(np.datetime64(train_b.times[-1], "s")),
+            ],
+        },
+        "training": {
+            **cfg.to_dict(),
+            "seconds": round(seconds, 1),
+            "final_loss": float(np.mean(losses[-20:])) if losses else None,
+            "threads": torch.get_num_threads(),
+            "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "loss_definition": "area-weighted MSE of (prediction - truth) / tendency_std",
+        },
+        "code_version": code_version(),
+        "torch_version": torch.__version__,
+    }
+    skill = skill_table(
+        model, p["valid"], p["climatology"], n_inits=cfg.skill_inits, lead_steps=cfg.skill_lead_steps
+    )
+    skill["years"] = list(cfg.valid_years)
+    save_checkpoint(model, out, skill=skill)
+    state_path.unlink(missing_ok=True)
+    log.info("trained %s in %.0f s (final loss %.4g)", out, seconds, model.metadata["training"]["final_loss"])
+    return TrainResult(
+        out, seconds, losses[-1] if losses else float("nan"), resumed_from=start, losses=losses
+    )
+
+
+def train_many(
+    cfg: TrainConfig,
+    seeds: list[int],
+    out: str | Path,
+    dataset: str | xr.Dataset | None = None,
+    progress: bool = True,
+) -> list[TrainResult]:
+    """Train one independent checkpoint per seed into ``<out>/seed-<S>`` (data loaded once)."""
+    prepared = prepare(cfg, dataset)
+    results = []
+    for s in seeds:
+        c = dataclasses.replace(cfg, seed=s)
+        results.append(train(c, Path(out) / f"seed-{s}", prepared=prepared, progress=progress))
+    return results
+
+
+def _progress(enabled: bool):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}"),
+        TimeElapsedColumn(),
+        disable=not enabled,
+        transient=False,
+    )

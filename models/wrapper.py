@@ -1,0 +1,227 @@
+"""`SFNOForecastModel`: the SFNO behind the :class:`models.base.ForecastModel` protocol.
+
+Physical units in and out. Inside, one step is
+
+``x_{t+6h} = x_t + sigma_d * SFNO([ (x_t - mu) / sigma , features(t) ])``
+
+with per-channel mean ``mu`` and standard deviation ``sigma`` of the state and ``sigma_d`` the standard
+deviation of the 6-hour tendency ``x_{t+6h} - x_t`` over the training years (residual prediction as in
+Pathak et al. 2022 / Bonev et al. 2023). Optional input features: ``doy`` adds the two fields
+``sin(2 pi d / 365.25)``, ``cos(2 pi d / 365.25)`` of the fractional day of year ``d`` of ``time``
+(the embedded world has a seasonal cycle); ``static:<name>`` adds a normalised static field.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+from typing import Any
+
+import numpy as np
+import torch
+
+from models.sfno import SFNO, SFNOConfig
+
+DOY_PERIOD_DAYS = 365.25
+
+
+def day_of_year_fraction(time: np.datetime64) -> float:
+    """Fractional day of year (0-based) of ``time``: ``(t - Jan 1 00:00 of its year) / 1 day``."""
+    t = np.datetime64(time, "s")
+    year_start = t.astype("datetime64[Y]").astype("datetime64[s]")
+    return float((t - year_start) / np.timedelta64(1, "D"))
+
+
+class SFNOForecastModel:
+    """SFNO forecast model on a latitude-longitude grid (see module docstring).
+
+    Parameters
+    ----------
+    net
+        The SFNO network (input channels = channels + features, output channels = channels).
+    channels
+        Canonical channel names in tensor order.
+    latitude, longitude
+        Grid coordinates (degrees; latitude descending, longitude ascending in [0, 360)).
+    mean, std, tendency_std
+        Per-channel normalisation statistics in physical units, shape ``(C,)``.
+    features
+        Extra input features, e.g. ``("doy",)``.
+    static_fields
+        Normalised static fields ``(S, lat, lon)`` for ``static:*`` features, in feature order.
+    time_step
+        Length of one step (6 h).
+    metadata
+        Checkpoint metadata (free-form, JSON-serialisable).
+    autocast_bf16
+        Run the pointwise layers under bfloat16 autocast on CUDA (transforms stay float32).
+    """
+
+    def __init__(
+        self,
+        net: SFNO,
+        channels: tuple[str, ...] | list[str],
+        latitude: np.ndarray,
+        longitude: np.ndarray,
+        mean: np.ndarray,
+        std: np.ndarray,
+        tendency_std: np.ndarray,
+        features: tuple[str, ...] = ("doy",),
+        static_fields: np.ndarray | None = None,
+        time_step: dt.timedelta = dt.timedelta(hours=6),
+        metadata: dict[str, Any] | None = None,
+        autocast_bf16: bool = False,
+    ) -> None:
+        self.net = net
+        self.channels = tuple(channels)
+        self.latitude = np.asarray(latitude, dtype=np.float64)
+        self.longitude = np.asarray(longitude, dtype=np.float64)
+        self.time_step = time_step
+        self.features = tuple(features)
+        self.metadata: dict[str, Any] = dict(metadata or {})
+        self.skill: dict[str, Any] | None = None
+        self.autocast_bf16 = autocast_bf16
+        c = len(self.channels)
+        for name, arr in (("mean", mean), ("std", std), ("tendency_std", tendency_std)):
+            if np.asarray(arr).shape != (c,):
+                raise ValueError(f"{name} must have shape ({c},)")
+        n_static = sum(f.startswith("static:") for f in self.features)
+        unknown = [f for f in self.features if f != "doy" and not f.startswith("static:")]
+        if unknown:
+            raise ValueError(f"unknown input features {unknown}")
+        if n_static and (static_fields is None or static_fields.shape[0] != n_static):
+            raise ValueError("static_fields must hold one field per static feature")
+        expected_in = c + self.n_feature_channels
+        if net.config.in_chans != expected_in or net.config.out_chans != c:
+            raise ValueError(
+                f"network expects {net.config.in_chans}->{net.config.out_chans} channels, "
+                f"wrapper needs {expected_in}->{c}"
+            )
+        self.device = torch.device("cpu")
+        self._mean = torch.as_tensor(np.asarray(mean), dtype=torch.float32).view(1, c, 1, 1)
+        self._std = torch.as_tensor(np.asarray(std), dtype=torch.float32).view(1, c, 1, 1)
+        self._tstd = torch.as_tensor(np.asarray(tendency_std), dtype=torch.float32).view(1, c, 1, 1)
+        self._static = (
+            torch.as_tensor(np.asarray(static_fields), dtype=torch.float32)
+            if static_fields is not None and n_static
+            else None
+        )
+
+    # ------------------------------------------------------------------ protocol
+    @property
+    def n_feature_channels(self) -> int:
+        return sum(2 if f == "doy" else 1 for f in self.features)
+
+    def to(self, device: torch.device | str) -> SFNOForecastModel:
+        """Move parameters and statistics to ``device``; returns ``self``."""
+        self.device = torch.device(device)
+        self.net.to(self.device)
+        self._mean = self._mean.to(self.device)
+        self._std = self._std.to(self.device)
+        self._tstd = self._tstd.to(self.device)
+        if self._static is not None:
+            self._static = self._static.to(self.device)
+        return self
+
+    def step(self, x: torch.Tensor, time: np.datetime64 | None = None) -> torch.Tensor:
+        """Advance ``(B, C, lat, lon)`` physical-unit states valid at ``time`` by one 6-h step."""
+        self._check_input(x)
+        if "doy" in self.features and time is None:
+            raise ValueError("this model uses day-of-year features: step() needs the valid time")
+        self.net.eval()
+        with torch.inference_mode(), self._autocast():
+            return self.forward(x, time)
+
+    # ------------------------------------------------------------------ differentiable core
+    def forward(self, x: torch.Tensor, time: np.datetime64 | None | list) -> torch.Tensor:
+        """Differentiable one-step map in physical units (used by training).
+
+        ``time`` is one valid time for the whole batch or a sequence of one per batch member.
+        """
+        xn = (x.float() - self._mean) / self._std
+        inp = torch.cat([xn, self.feature_fields(time, x.shape[0])], dim=1) if self.features else xn
+        dn = self.net(inp).float()
+        return x.float() + dn * self._tstd
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """``(x - mu) / sigma`` per channel."""
+        return (x - self._mean) / self._std
+
+    def feature_fields(self, time: np.datetime64 | None | list, batch: int) -> torch.Tensor:
+        """Extra input fields ``(B, F, lat, lon)`` for ``time`` (one value or one per batch member)."""
+        nlat, nlon = self.latitude.size, self.longitude.size
+        parts: list[torch.Tensor] = []
+        if "doy" in self.features:
+            times = list(time) if isinstance(time, list | tuple | np.ndarray) else [time] * batch
+            if len(times) != batch or any(t is None for t in times):
+                raise ValueError("day-of-year features need one valid time per batch member")
+            ang = torch.tensor(
+                [2 * np.pi * day_of_year_fraction(t) / DOY_PERIOD_DAYS for t in times],
+                dtype=torch.float32,
+                device=self.device,
+            )
+            sc = torch.stack([torch.sin(ang), torch.cos(ang)], dim=1)  # (B, 2)
+            parts.append(sc[:, :, None, None].expand(batch, 2, nlat, nlon))
+        if self._static is not None:
+            parts.append(self._static[None].expand(batch, -1, -1, -1))
+        return torch.cat(parts, dim=1)
+
+    # ------------------------------------------------------------------ helpers
+    def _check_input(self, x: torch.Tensor) -> None:
+        shape = (len(self.channels), self.latitude.size, self.longitude.size)
+        if x.ndim != 4 or tuple(x.shape[1:]) != shape:
+            raise ValueError(
+                f"expected a (B, {shape[0]}, {shape[1]}, {shape[2]}) tensor, got {tuple(x.shape)}"
+            )
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.autocast_bf16 and self.device.type == "cuda":
+            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def rmse_at(self, hours: int = 48) -> dict[str, float]:
+        """Validation RMSE per channel at lead ``hours`` from ``skill.json``."""
+        from data_catalog.errors import UserError
+
+        if not self.skill:
+            raise UserError("this checkpoint has no skill.json")
+        leads = list(self.skill["lead_hours"])
+        if hours not in leads:
+            raise UserError(f"no validation RMSE at {hours} h (leads: {leads[0]}..{leads[-1]} h)")
+        i = leads.index(hours)
+        return {c: float(v[i]) for c, v in self.skill["rmse"].items()}
+
+    def __repr__(self) -> str:
+        cfg = self.net.config
+        return (
+            f"SFNOForecastModel(channels={list(self.channels)}, grid={self.latitude.size}x{self.longitude.size}, "
+            f"embed_dim={cfg.embed_dim}, num_layers={cfg.num_layers}, lmax={cfg.lmax}, device={self.device})"
+        )
+
+
+def build_model(
+    architecture: dict[str, Any],
+    channels: list[str],
+    latitude: np.ndarray,
+    longitude: np.ndarray,
+    stats: dict[str, Any],
+    features: tuple[str, ...],
+    static_fields: np.ndarray | None = None,
+    generator: torch.Generator | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> SFNOForecastModel:
+    """Build an :class:`SFNOForecastModel` from plain metadata pieces."""
+    cfg = SFNOConfig.from_dict(architecture)
+    net = SFNO(cfg, np.asarray(latitude), len(longitude), generator=generator)
+    return SFNOForecastModel(
+        net,
+        channels,
+        latitude,
+        longitude,
+        mean=np.asarray(stats["mean"], dtype=np.float64),
+        std=np.asarray(stats["std"], dtype=np.float64),
+        tendency_std=np.asarray(stats["tendency_std"], dtype=np.float64),
+        features=tuple(features),
+        static_fields=static_fields,
+        metadata=metadata,
+    )

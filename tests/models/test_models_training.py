@@ -1,0 +1,106 @@
+"""Training: determinism given the seed, resumption after interruption, learning, seed lists, CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from data_catalog.errors import UserError
+from models.train import STATE, parse_seeds, prepare, train, train_many
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path / "weights.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def prepared(tiny_world):
+    from models.train import TrainConfig
+
+    return prepare(TrainConfig(train_years=(2000, 2000), valid_years=(2001, 2001)), tiny_world)
+
+
+def test_same_seed_same_weights_other_seed_differs(tmp_path: Path, tiny_config, prepared) -> None:
+    train(tiny_config, tmp_path / "a", prepared=prepared, progress=False)
+    train(tiny_config, tmp_path / "b", prepared=prepared, progress=False)
+    train(dataclasses.replace(tiny_config, seed=1), tmp_path / "c", prepared=prepared, progress=False)
+    a, b, c = _weights(tmp_path / "a"), _weights(tmp_path / "b"), _weights(tmp_path / "c")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+    assert not (tmp_path / "a" / STATE).exists()
+
+
+def test_interrupted_training_resumes_to_identical_weights(tmp_path: Path, tiny_config, prepared) -> None:
+    cfg = dataclasses.replace(tiny_config, rollout_steps=2, rollout_iters=3)
+    ref = train(cfg, tmp_path / "ref", prepared=prepared, progress=False)
+
+    def interrupt(it: int, loss: float) -> None:
+        if it == 5:  # the state saved after iteration 4 (save_every=4) survives
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "run", prepared=prepared, progress=False, callback=interrupt)
+    assert (tmp_path / "run" / STATE).is_file()
+    assert not (tmp_path / "run" / "metadata.json").exists()  # nothing marked complete
+    res = train(cfg, tmp_path / "run", prepared=prepared, progress=False)
+    assert res.resumed_from == 4
+    a, b = _weights(tmp_path / "ref"), _weights(tmp_path / "run")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert res.losses == pytest.approx(ref.losses, rel=0, abs=0)
+    # a finished checkpoint is not retrained; a different config in a resumable dir is refused
+    assert train(cfg, tmp_path / "run", prepared=prepared, progress=False).skipped
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "other", prepared=prepared, progress=False, callback=interrupt)
+    with pytest.raises(UserError, match="different configuration"):
+        train(dataclasses.replace(cfg, lr=1e-4), tmp_path / "other", prepared=prepared, progress=False)
+
+
+def test_training_learns_and_beats_persistence(tmp_path: Path, tiny_config, prepared) -> None:
+    """On the travelling-wave world a short training beats persistence on the validation year."""
+    cfg = dataclasses.replace(
+        tiny_config, steps=80, embed_dim=12, batch_size=8, skill_lead_steps=8, skill_inits=4
+    )
+    res = train(cfg, tmp_path / "learn", prepared=prepared, progress=False)
+    assert np.mean(res.losses[-10:]) < 0.5 * np.mean(res.losses[:5])
+    skill = json.loads((tmp_path / "learn" / "skill.json").read_text())
+    for c in ("z500", "v500"):
+        assert skill["rmse"][c][3] < skill["persistence"][c][3]  # 24 h
+    # skill.json references are right: persistence RMSE at 6 h recomputed by hand
+    v = prepared["valid"]
+    i0 = [int(np.nonzero(v.times == np.datetime64(t))[0][0]) for t in skill["init_times"]]
+    from data_catalog.grid import area_weights
+
+    w = area_weights(prepared["latitude"])[:, None]
+    z = v.data[:, 0].double().numpy()
+    mse = np.mean([((z[i + 1] - z[i]) ** 2 * w).mean() / w.mean() for i in i0])
+    assert skill["persistence"]["z500"][0] == pytest.approx(np.sqrt(mse), rel=1e-6)
+
+
+def test_train_many_trains_independent_seeds(tmp_path: Path, tiny_config, tiny_world) -> None:
+    cfg = dataclasses.replace(tiny_config, steps=3, skill_lead_steps=2)
+    res = train_many(cfg, [0, 2], tmp_path, dataset=tiny_world, progress=False)
+    assert [r.path.name for r in res] == ["seed-0", "seed-2"]
+    assert json.loads((tmp_path / "seed-2" / "metadata.json").read_text())["seed"] == 2
+
+
+def test_parse_seeds() -> None:
+    assert parse_seeds("0-3") == [0, 1, 2, 3]
+    assert parse_seeds("5,1,2-3") == [1, 2, 3, 5]
+    assert parse_seeds("7") == [7]
+    for bad in ("a-b", "3-1", "", "-2"):
+        with pytest.raises(UserError):
+            parse_seeds(bad)
+
+
+def test_cli_usage_errors(tmp_path: Path) -> None:
+    from workflows.cli import main
+
+    assert main(["train", "--out", str(tmp_path), "--seed", "0", "--seeds", "0-1"]) == 2
+    assert main(["train", "--out", str(tmp_path), "--seeds", "x"]) == 2
