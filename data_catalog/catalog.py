@@ -160,7 +160,9 @@ def parse_catalog(text: str, source: str = "<catalog>", root: str | None = None)
         raise UserError(f"catalog {source}: 'entries' must be a mapping of name -> entry")
     out: dict[str, CatalogEntry] = {}
     for name, body in raw.items():
-        out[str(name)] = _parse_entry(str(name), body, source, root)
+        if not isinstance(name, str):  # YAML reads unquoted yes/no/null/1 as other types
+            raise UserError(f"catalog {source}: entry name {name!r} is not a string; quote it")
+        out[name] = _parse_entry(name, body, source, root)
     return out
 
 

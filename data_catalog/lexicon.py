@@ -208,8 +208,17 @@ _SURFACE_ALIASES: dict[str, str] = {
     "ivt": "ivt",
 }
 
-# <base><sep><level>: "z500", "z_500", "geopotential_500", "z:500", "t850hPa"
-_LEVELLED = re.compile(r"^(?P<base>[a-z][a-z0-9_]*?)[_:\-]?(?P<level>\d+(?:\.\d+)?)(?:hpa)?$")
+# <base><sep><level>[hPa]: "z500", "z_500", "geopotential_500", "z:500", "t850hPa", "o3_1"
+_LEVEL_PART = re.compile(r"^[_:\-]?(?P<level>\d+(?:\.\d+)?)(?:hpa)?$")
+
+
+def _split_levelled(key: str, aliases: dict[str, str]) -> tuple[str, str] | None:
+    """First split of ``key`` into a known base spelling and a level (``"o31"`` -> o3, 1)."""
+    for i in range(1, len(key)):
+        m = _LEVEL_PART.match(key[i:])
+        if m is not None and key[:i] in aliases:
+            return aliases[key[:i]], m.group("level")
+    return None
 
 
 def _fmt_level(level: float | int | str) -> str:
@@ -244,11 +253,9 @@ def canonical_name(name: str, level: float | int | str | None = None) -> str:
         return _SURFACE_ALIASES[key]
     if key in _BASE_ALIASES:
         return _BASE_ALIASES[key]
-    m = _LEVELLED.match(key)
-    if m is not None:
-        base = _BASE_ALIASES.get(m.group("base"))
-        if base is not None:
-            return f"{base}{_fmt_level(m.group('level'))}"
+    split = _split_levelled(key, _BASE_ALIASES)
+    if split is not None:
+        return f"{split[0]}{_fmt_level(split[1])}"
     return name
 
 
@@ -259,10 +266,10 @@ def split_channel(channel: str) -> tuple[str, int | float | None]:
     """
     if channel in SURFACE:
         return channel, None
-    m = re.match(r"^([a-z][a-z0-9]*?)(\d+(?:\.\d+)?)$", channel)
-    if m is not None and m.group(1) in BASES:
-        value = float(m.group(2))
-        return m.group(1), int(value) if value.is_integer() else value
+    for i in range(1, len(channel)):
+        if channel[:i] in BASES and re.fullmatch(r"\d+(?:\.\d+)?", channel[i:]):
+            value = float(channel[i:])
+            return channel[:i], int(value) if value.is_integer() else value
     return channel, None
 
 

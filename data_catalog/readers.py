@@ -274,7 +274,13 @@ def _select_time(ds: xr.Dataset, time: Any, label: str) -> xr.Dataset:
     span = f"{idx[0].isoformat()} to {idx[-1].isoformat()}, {idx.size} times"
     if isinstance(time, slice):
         out = ds.sel(time=time)
-        what = f"{time.start} to {time.stop}"
+        what = (
+            f"{time.start} to {time.stop}"
+            if time.start is not None and time.stop is not None
+            else f"from {time.start}"
+            if time.start is not None
+            else f"up to {time.stop}"
+        )
     elif isinstance(time, str):
         out = ds.sel(time=slice(time, time))
         what = time
@@ -555,12 +561,16 @@ def open_reanalysis(
     )
 
 
+def _hours(td: Any) -> str:
+    return f"{pd.Timedelta(td) / pd.Timedelta(hours=1):g}h"
+
+
 def _select_lead(ds: xr.Dataset, lead: Any, label: str) -> xr.Dataset:
     td = pd.Timedelta(lead)
     leads = pd.TimedeltaIndex(ds.indexes["prediction_timedelta"])
     if td not in leads:
-        have = ", ".join(str(x) for x in leads)
-        raise UserError(f"{label}: lead {td} not in the store (leads: {have})")
+        have = ", ".join(_hours(x) for x in leads)
+        raise UserError(f"{label}: lead {_hours(td)} not in the store (leads: {have})")
     ds = ds.sel(prediction_timedelta=td, drop=True)
     valid = pd.DatetimeIndex(ds.indexes["time"]) + td
     return ds.assign_coords(time=("time", valid.values, ds["time"].attrs))
