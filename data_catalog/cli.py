@@ -60,10 +60,10 @@ def show(
     if as_json:
         typer.echo(json.dumps(info, indent=1, default=str))
         return
-    entry = info.get("catalog")
+    entry: dict[str, Any] = info.get("catalog") or {}
     typer.echo(f"source: {info['name']}")
     typer.echo(f"location: {info['location']}")
-    if entry is not None and entry.get("description"):
+    if entry.get("description"):
         typer.echo(f"description: {entry['description']}")
     if not info.get("opened"):
         typer.echo("remote entry (catalog metadata only; not opened)")

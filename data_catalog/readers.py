@@ -314,7 +314,7 @@ def _select_levels(ds: xr.Dataset, levels: Sequence[float] | float | None, label
     ds = ds.assign_coords(level=("level", hpa, {"units": "hPa", "long_name": "pressure level"}))
     if levels is None:
         return ds
-    wanted = [float(levels)] if np.isscalar(levels) else [float(v) for v in levels]  # type: ignore[arg-type]
+    wanted = [float(levels)] if isinstance(levels, (int, float, np.number)) else [float(v) for v in levels]
     have = ", ".join(_fmt_level(v) for v in hpa)
     for lv in wanted:
         if not np.any(np.isclose(hpa, lv)):
@@ -496,11 +496,11 @@ def _select_members(ds: xr.Dataset, member: int | Sequence[int] | None, label: s
     if "number" not in ds.dims:
         raise UserError(f"{label}: member={member} given but the store has no ensemble (number) dimension")
     have = np.asarray(ds["number"].values)
-    wanted = [member] if np.isscalar(member) else list(member)  # type: ignore[arg-type]
+    wanted = [member] if isinstance(member, (int, np.integer)) else list(member)
     missing = [m for m in wanted if m not in have]
     if missing:
         raise UserError(
-            f"{label}: member {missing[0]} not in the store (members: {have.min()}..{have.max()})"
+            f"{label}: member {missing[0]!r} not in the store (members: {have.min()!r}..{have.max()!r})"
         )
     return ds.sel(number=member)
 
