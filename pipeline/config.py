@@ -1,0 +1,158 @@
+"""The forecast configuration (pydantic, ``extra='forbid'``)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from data_catalog.errors import UserError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class InitRange(_Strict):
+    """Init times ``start, start + every, ... <= stop``."""
+
+    start: str
+    stop: str
+    every_hours: int = Field(24, ge=1)
+
+
+class PerturbationConfig(_Strict):
+    """Initial-condition perturbation.
+
+    ``amplitude`` per channel (physical units) overrides ``alpha x`` the checkpoint's 48 h RMSE.
+    """
+
+    method: Literal["bred", "spherical", "gaussian", "none"] = "bred"
+    n_pairs: int = Field(4, ge=1)
+    alpha: float = Field(0.35, gt=0)
+    cycles: int = Field(3, ge=1)
+    seed_channel: str = "z500"
+    boundary: float = Field(20.0, ge=0, lt=90)
+    length_scale_km: float = Field(500.0, gt=0)
+    amplitude: dict[str, float] | None = None
+    nonnegative: list[str] = Field(default_factory=list)
+
+
+class OutputConfig(_Strict):
+    """What the member store keeps.
+
+    ``keep``: ``members`` (the member store), ``mean`` (only the ensemble mean, from inline scoring),
+    ``none`` (only inline scores). ``variables``/``members``: subsets to keep (default all).
+    """
+
+    path: str | None = None
+    variables: list[str] | None = None
+    members: list[int] | None = None
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    keepbits: int | None = Field(None, ge=1, le=23)
+    keep: Literal["members", "mean", "none"] = "members"
+
+
+class InlineConfig(_Strict):
+    """Inline scoring against the verifying analysis (see docs/engine.md)."""
+
+    enabled: bool = False
+    crps: bool = True
+    spectra: bool = True
+    thresholds: dict[str, list[float]] = Field(default_factory=dict)
+    memory_mb: float = Field(512.0, gt=0)
+
+
+class ForecastConfig(_Strict):
+    """A forecast run. See docs/engine.md for every field."""
+
+    analysis: str = "builtin:sphere-swe"
+    init_times: list[str] | InitRange
+    checkpoints: list[str] | str
+    model_loader: str = "models.checkpoint:load_checkpoint"
+    perturbation: PerturbationConfig = Field(default_factory=PerturbationConfig)
+    lead_steps: int = Field(..., ge=0)
+    batch_size: int | Literal["auto"] = "auto"
+    device: str = "cpu"
+    bf16: bool = False
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    inline: InlineConfig = Field(default_factory=InlineConfig)
+    seed: int = Field(0, ge=0)
+    progress: bool = True
+
+    @field_validator("batch_size")
+    @classmethod
+    def _bs(cls, v: Any) -> Any:
+        if isinstance(v, int) and v < 1:
+            raise ValueError("batch_size must be >= 1 or 'auto'")
+        return v
+
+    @model_validator(mode="after")
+    def _keep(self) -> ForecastConfig:
+        if self.output.keep != "members" and not self.inline.enabled:
+            raise ValueError(f"output.keep={self.output.keep!r} needs inline.enabled (else nothing is kept)")
+        return self
+
+    def init_array(self) -> np.ndarray:
+        """Init times as ``datetime64[ns]``."""
+        if isinstance(self.init_times, InitRange):
+            r = self.init_times
+            start, stop = np.datetime64(r.start, "ns"), np.datetime64(r.stop, "ns")
+            out = np.arange(start, stop + np.timedelta64(1, "ns"), np.timedelta64(r.every_hours, "h"))
+        else:
+            out = np.array([np.datetime64(t, "ns") for t in self.init_times])
+        if out.size == 0:
+            raise UserError("no init times in the config")
+        if len(np.unique(out)) != out.size:
+            raise UserError("duplicate init times in the config")
+        return out
+
+    def checkpoint_paths(self) -> list[str]:
+        """Checkpoint paths; a single directory of checkpoint directories is expanded (sorted)."""
+        if isinstance(self.checkpoints, str):
+            p = Path(self.checkpoints)
+            if not p.is_dir():
+                raise UserError(f"checkpoint folder not found: {p}")
+            subs = sorted(str(s) for s in p.iterdir() if s.is_dir())
+            if not subs:
+                raise UserError(f"no checkpoint directories in {p}")
+            return subs
+        if not self.checkpoints:
+            raise UserError("no checkpoints in the config")
+        return [str(c) for c in self.checkpoints]
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that determine the output (everything but device, bf16 aside, and progress)."""
+        d = self.model_dump(mode="json")
+        d.pop("progress", None)
+        d.pop("device", None)
+        return d
+
+    def identity_hash(self) -> str:
+        return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_config(config: ForecastConfig | dict[str, Any] | str | Path) -> ForecastConfig:
+    """A :class:`ForecastConfig` from a model, a dict or a YAML file; invalid input -> UserError."""
+    import yaml
+    from pydantic import ValidationError
+
+    if isinstance(config, ForecastConfig):
+        return config
+    if isinstance(config, str | Path):
+        p = Path(config)
+        if not p.is_file():
+            raise UserError(f"config file not found: {p}")
+        config = yaml.safe_load(p.read_text()) or {}
+        if isinstance(config, dict) and "forecast" in config and len(config) == 1:
+            config = config["forecast"]
+    try:
+        return ForecastConfig.model_validate(config)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(x) for x in err["loc"])
+        raise UserError(f"invalid forecast config: {loc}: {err['msg']}") from None

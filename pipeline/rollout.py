@@ -1,0 +1,110 @@
+"""Batched rollout of one work unit: perturb, advance, detect non-finite members.
+
+One unit is one batch: the members of one member block of one checkpoint at one init time. The
+perturbation of every pair uses only its own generator, and the block (the batch) composition is
+fixed by the run's recorded member block, so a unit recomputed alone (resume, shard, regeneration of
+chosen members) reproduces the full run bitwise on the same device and thread count.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+from pipeline import seeds
+
+log = logging.getLogger(__name__)
+
+#: heuristic working-memory multiple of one member state used by ``batch_size: auto``
+AUTO_MEMORY_FACTOR = 64
+
+
+def auto_batch_size(n_channels: int, nlat: int, nlon: int, device: torch.device, cap: int) -> int:
+    """Members per batch from free memory: ``free / (AUTO_MEMORY_FACTOR * C * lat * lon * 4 bytes)``,
+    using half of free CUDA memory or a quarter of available host memory (psutil)."""
+    per_member = AUTO_MEMORY_FACTOR * n_channels * nlat * nlon * 4
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        budget = free * 0.5
+    else:
+        import psutil
+
+        budget = psutil.virtual_memory().available * 0.25
+    return int(max(1, min(cap, budget // per_member)))
+
+
+def build_initial(
+    analysis0: torch.Tensor, delta: torch.Tensor | None, nonnegative: torch.Tensor | None
+) -> torch.Tensor:
+    """Centred members ``[a + d_0, a - d_0, a + d_1, a - d_1, ...]`` (or the control ``[a]``)."""
+    if delta is None:
+        x = analysis0[None].clone()
+    else:
+        x = torch.stack([analysis0[None] + delta, analysis0[None] - delta], dim=1)
+        x = x.reshape(-1, *analysis0.shape)
+    if nonnegative is not None and bool(nonnegative.any()):
+        mask = nonnegative.to(x.device)[:, None, None]
+        x = torch.where(mask & (x < 0), torch.zeros((), dtype=x.dtype, device=x.device), x)
+    return x
+
+
+def run_unit(
+    model: object,
+    perturbation: Callable | None,
+    analyses: torch.Tensor,
+    times: Sequence[np.datetime64],
+    *,
+    run_seed: int,
+    checkpoint: int,
+    pairs: np.ndarray,
+    lead_steps: int,
+    on_lead: Callable[[int, torch.Tensor], None],
+    nonnegative: torch.Tensor | None = None,
+    bf16: bool = False,
+    on_step: Callable[[int], None] | None = None,
+) -> np.ndarray:
+    """Perturb and roll out one block; returns the first non-finite step per member (-1: none).
+
+    ``analyses`` are ``(K + 1, C, lat, lon)`` at ``times`` (the init time last); ``on_lead(lead,
+    state)`` receives the float32 block state ``(B, C, lat, lon)`` for leads ``0..lead_steps``.
+    """
+    device = analyses.device
+    init_time = times[-1]
+    step = np.timedelta64(model.time_step)  # type: ignore[attr-defined]
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if (bf16 and device.type == "cuda")
+        else contextlib.nullcontext()
+    )
+    with torch.inference_mode(), autocast:
+        if perturbation is None:
+            x = build_initial(analyses[-1], None, nonnegative)
+        else:
+            gens = [seeds.generator(run_seed, init_time, checkpoint, int(p)) for p in pairs]
+            delta = perturbation(model, analyses, list(times), gens).float()
+            x = build_initial(analyses[-1].float(), delta, nonnegative)
+        first_bad = np.full(x.shape[0], -1, dtype=np.int32)
+        for lead in range(lead_steps + 1):
+            if lead > 0:
+                x = model.step(x, init_time + (lead - 1) * step).float()  # type: ignore[attr-defined]
+                if on_step is not None:
+                    on_step(x.shape[0])
+            bad = ~torch.isfinite(x).flatten(1).all(dim=1)
+            if bool(bad.any()):
+                new = bad.cpu().numpy() & (first_bad < 0)
+                if new.any():
+                    first_bad[new] = lead
+                    log.warning(
+                        "checkpoint %d init %s: %d member(s) non-finite at lead step %d (local %s)",
+                        checkpoint,
+                        np.datetime_as_string(init_time, "h"),
+                        int(new.sum()),
+                        lead,
+                        np.flatnonzero(new).tolist(),
+                    )
+            on_lead(lead, x)
+    return first_bad

@@ -1,0 +1,174 @@
+"""The engine end to end: layout, reproducibility of single members, kill -9 resume, shards, locks,
+verification, non-finite members, config errors."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+
+import numpy as np
+import pytest
+import xarray as xr
+from conftest import base_config, digest, spawn
+
+from data_catalog.errors import UserError
+from pipeline import open_forecast, regenerate_members, run_forecast, verify
+from pipeline.manifest import UnitLock
+
+
+def test_store_layout_and_coords(reference_run):
+    ds = open_forecast(reference_run["run_dir"])
+    assert ds.attrs["wxens_complete"]
+    assert ds["z500"].dims == ("time", "number", "prediction_timedelta", "latitude", "longitude")
+    assert ds.sizes["number"] == 16 and ds.sizes["prediction_timedelta"] == 4
+    assert ds["z500"].encoding["chunks"] == (1, 4, 1, 32, 64)
+    assert ds["z500"].attrs["units"] == "m2 s-2"
+    assert ds["latitude"].attrs["units"] == "degrees_north"
+    np.testing.assert_array_equal(ds["checkpoint"].values, np.repeat([0, 1], 8))
+    np.testing.assert_array_equal(ds["pair"].values, np.tile(np.repeat(np.arange(4), 2), 2))
+    np.testing.assert_array_equal(ds["sign"].values, np.tile([1, -1], 8))
+    assert ds.attrs["wxens_config"]["seed"] == 11
+    assert not bool(ds["nonfinite"].any())
+    # members are centred +/- pairs around the analysis at lead 0
+    ana = xr.open_zarr(reference_run["config"]["analysis"])
+    z0 = ds["z500"].isel(time=0, prediction_timedelta=0).values
+    a0 = ana["z500"].sel(time=ds.time.values[0]).values
+    np.testing.assert_allclose(0.5 * (z0[0::2] + z0[1::2]), np.broadcast_to(a0, (8, 32, 64)), atol=0.01)
+    assert np.abs(z0 - a0).max() > 10.0
+    import wxens
+
+    assert wxens.open_forecast(reference_run["run_dir"]).sizes == ds.sizes
+
+
+def test_regenerated_members_bitwise(world):
+    cfg = base_config(
+        world,
+        checkpoints=world["checkpoints"][:3],
+        perturbation={"method": "bred", "n_pairs": 8},
+        init_times=["2008-01-02T00"],
+        lead_steps=2,
+        inline={"enabled": False},
+    )
+    run_dir = world["root"] / "regen"
+    run_forecast(cfg, run_dir)
+    ds = open_forecast(run_dir)
+    assert ds.sizes["number"] == 48
+    again = regenerate_members(run_dir, [17, 40])
+    for v in ("z500", "vo500"):
+        stored = ds[v].sel(number=[17, 40]).values
+        assert np.array_equal(stored, again[v].values)  # bitwise, NaN-free
+    assert int(ds["checkpoint"].sel(number=40)) == 2 and int(ds["pair"].sel(number=17)) == 0
+
+
+def test_killed_runs_resume_to_identical_output(world, reference_run, tmp_path):
+    cfg_path = tmp_path / "cfg.json"
+    cfg_path.write_text(json.dumps(reference_run["config"]))
+    run_dir = tmp_path / "killed"
+    rng = random.Random(2024)
+    kills = 0
+    for attempt in range(3):
+        p = spawn(cfg_path, run_dir)
+        if attempt == 0:
+            time.sleep(rng.uniform(2.0, 4.0))  # during start-up or store creation
+        else:
+            t0 = time.time()
+            while not list((run_dir / "manifest").glob("*.json")) and time.time() - t0 < 60:
+                time.sleep(0.05)
+            time.sleep(rng.uniform(0.0, 0.6))
+        if p.poll() is None:
+            p.kill()  # SIGKILL
+            kills += 1
+        p.wait()
+    assert kills >= 2
+    summary = run_forecast(reference_run["config"], run_dir)
+    assert summary["complete"]
+    assert digest(run_dir) == reference_run["digest"]
+    assert verify(run_dir)["corrupted"] == {}
+
+
+def test_two_shards_write_the_same_store(reference_run, tmp_path):
+    cfg_path = tmp_path / "cfg.json"
+    cfg_path.write_text(json.dumps(reference_run["config"]))
+    run_dir = tmp_path / "sharded"
+    procs = [spawn(cfg_path, run_dir, f"{i}/2") for i in range(2)]
+    errs = [p.communicate(timeout=240)[1].decode() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errs
+    assert (run_dir / "COMPLETE").is_file()
+    assert digest(run_dir) == reference_run["digest"]
+
+
+def test_locked_unit_is_refused_stale_lock_taken_over(reference_run, tmp_path):
+    run_dir = tmp_path / "locked"
+    units = json.loads((reference_run["run_dir"] / "units.json").read_text())
+    (run_dir / "locks").mkdir(parents=True)
+    live = UnitLock(run_dir, units[0])
+    assert live.acquire()  # held by this (live) process
+    assert not UnitLock(run_dir, units[0]).acquire()
+    stale = run_dir / "locks" / f"{units[1]}.lock"
+    import socket
+
+    stale.write_text(json.dumps({"pid": 2**22 + 12345, "host": socket.gethostname(), "time": 0}))
+    s = run_forecast(reference_run["config"], run_dir)
+    assert s["units_skipped_locked"] == [units[0]] and not s["complete"]
+    live.release()
+    s = run_forecast(reference_run["config"], run_dir)
+    assert s["units_computed"] == 1 and s["complete"]
+    assert digest(run_dir) == reference_run["digest"]
+
+
+def test_verify_detects_corruption_and_rerun_repairs(reference_run, tmp_path):
+    import shutil
+
+    run_dir = tmp_path / "corrupt"
+    shutil.copytree(reference_run["run_dir"], run_dir)
+    chunk = run_dir / "forecast.zarr" / "u500" / "c" / "1" / "1" / "2" / "0" / "0"
+    raw = bytearray(chunk.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    chunk.write_bytes(bytes(raw))
+    rep = verify(run_dir)
+    assert list(rep["corrupted"]) == ["t00001-c000-b00001"]
+    rep = verify(run_dir, delete=True)
+    assert not (run_dir / "COMPLETE").exists()
+    s = run_forecast(reference_run["config"], run_dir)
+    assert s["units_computed"] == 1 and s["complete"]
+    assert digest(run_dir) == reference_run["digest"]
+
+
+def test_nonfinite_members_flagged_run_continues(world, tmp_path, caplog):
+    import torch
+
+    from pipeline.testing import MEANS, STDS, ToyModel, write_toy_checkpoint
+
+    ana = xr.open_zarr(world["analysis"]).sel(time="2008-01-02T00")
+    a = torch.tensor(np.stack([ana[c].values for c in ("z500", "u500", "v500", "vo500")]))[None]
+    control = ToyModel(seed=5).step(a)[0, 0, 0, 0].item()
+    # members whose z500 at the first grid point rises above the control's after one step blow up
+    ck = str(
+        write_toy_checkpoint(tmp_path / "blowup", seed=5, nan_above=(control - MEANS["z500"]) / STDS["z500"])
+    )
+    cfg = base_config(world, checkpoints=[ck], init_times=["2008-01-02T00"], lead_steps=3)
+    cfg["perturbation"] = {"method": "gaussian", "n_pairs": 4, "alpha": 1.0}
+    s = run_forecast(cfg, tmp_path / "nan")
+    assert s["complete"]
+    ds = open_forecast(tmp_path / "nan")
+    z = ds["z500"].isel(time=0).values
+    has_nan = np.isnan(z).reshape(8, 4, -1).any(-1)  # (member, lead)
+    first = np.where(has_nan.any(1), has_nan.argmax(1), -1)
+    np.testing.assert_array_equal(ds["nonfinite_step"].isel(time=0).values, first)
+    assert 0 < (first >= 0).sum() < 8  # some blew up, others kept going
+    assert sorted(s["nonfinite_members"]) == np.flatnonzero(first >= 0).tolist()
+    assert "non-finite" in caplog.text
+    sc = xr.open_zarr(tmp_path / "nan" / "scores.zarr")
+    assert int(sc["n_members"].isel(time=0, prediction_timedelta=3)) == int((first < 0).sum())
+
+
+def test_config_errors_are_one_line(world, reference_run, tmp_path):
+    with pytest.raises(UserError, match="different config"):
+        run_forecast(base_config(world, seed=12), reference_run["run_dir"])
+    with pytest.raises(UserError, match="invalid forecast config"):
+        run_forecast(base_config(world, bogus=1), tmp_path / "x")
+    with pytest.raises(UserError, match="float16"):
+        run_forecast(base_config(world, output={"dtype": "float16"}), tmp_path / "f16")
+    with pytest.raises(UserError, match="no data"):
+        run_forecast(base_config(world, init_times=["2008-01-01T06"]), tmp_path / "early")
