@@ -1,6 +1,7 @@
 """Command-line commands of the data_catalog layer (composed into `wxens` by workflows.cli).
 
-``wxens catalog list``, ``wxens catalog show NAME_OR_PATH``, ``wxens catalog stats NAME_OR_PATH``.
+``wxens catalog list``, ``wxens catalog show NAME_OR_PATH``, ``wxens catalog check NAME_OR_PATH``,
+``wxens catalog stats NAME_OR_PATH``.
 """
 
 from __future__ import annotations
@@ -90,6 +91,34 @@ def show(
     if info["static"]:
         typer.echo(f"static fields: {', '.join(info['static'])}")
     typer.echo(f"size on disk: {format_bytes(info['size_bytes'])}")
+
+
+@app.command("check")
+def check(
+    source: str = typer.Argument(..., help="Catalog entry name, zarr path or builtin:sphere-swe."),
+    start: str | None = typer.Option(None, help="First time (inclusive)."),
+    end: str | None = typer.Option(None, help="Last time (inclusive)."),
+    variable: list[str] | None = typer.Option(None, "--variable", "-V", help="Channel (repeatable)."),
+    regional: bool = typer.Option(False, "--regional", help="Accept a regional (non-global) grid."),
+    catalog: Path | None = _CATALOG_OPT,
+) -> None:
+    """Check a store is usable for training/verification: opens in canonical form, unique times,
+    a uniform global grid (unless --regional) and finite values in the selection."""
+    from data_catalog.checks import check_finite, check_global_grid
+    from data_catalog.grid import describe_grid
+    from data_catalog.readers import open_reanalysis
+
+    time = slice(start, end) if (start or end) else None
+    ds = open_reanalysis(source, variables=variable or None, time=time, catalog=catalog)
+    g = (
+        check_global_grid(ds)
+        if not regional
+        else describe_grid(ds["latitude"].values, ds["longitude"].values)
+    )
+    check_finite(ds)
+    typer.echo(
+        f"ok: {len(ds.data_vars)} channels, {ds.sizes['time']} times, {_grid_line(g)}, all values finite"
+    )
 
 
 @app.command("stats")

@@ -114,3 +114,35 @@ def test_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     bad_cat.write_text("entries:\n  evil:\n    location: ../../etc/passwd\n")
     code, _, err = run(capsys, "catalog", "list", "--catalog", str(bad_cat))
     _one_line_error(code, err, "escapes the catalog folder")
+
+
+def test_check_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good = write(wb2_dataset(levels=(500,)), tmp_path / "good.zarr")
+    code, out, err = run(capsys, "catalog", "check", str(good))
+    assert code == 0, err
+    assert out.startswith("ok: 3 channels, 4 times, 64x32 equiangular without poles")
+
+    regional = write(wb2_dataset(levels=(500,)).isel(latitude=slice(16, 28)), tmp_path / "reg.zarr")
+    code, _, err = run(capsys, "catalog", "check", str(regional))
+    _one_line_error(code, err, "grid is not global (latitude 2.8125..64.6875, longitude 0..354.375, 12x64)")
+    code, out, err = run(capsys, "catalog", "check", str(regional), "--regional")
+    assert code == 0 and "regional" in out, err
+
+    uneven = write(
+        wb2_dataset(levels=(500,)).isel(longitude=[0, 1, 2, 4, 8, 16, 32, 63]), tmp_path / "u.zarr"
+    )
+    code, _, err = run(capsys, "catalog", "check", str(uneven))
+    _one_line_error(code, err, "non-uniform longitude spacing")
+
+    nan = wb2_dataset(levels=(500,))
+    nan["geopotential"][3, 0, 31, 0] = np.nan
+    code, _, err = run(capsys, "catalog", "check", str(write(nan, tmp_path / "nan.zarr")))
+    _one_line_error(
+        code,
+        err,
+        "1 NaN/infinite value(s) in the selected data (z500: 1); first at z500 time=2000-01-01T18:00, "
+        "latitude=87.1875, longitude=0",
+    )
+    # a selection that avoids the bad time passes
+    code, out, err = run(capsys, "catalog", "check", str(tmp_path / "nan.zarr"), "--end", "2000-01-01T12")
+    assert code == 0 and out.startswith("ok: 3 channels, 3 times"), err
