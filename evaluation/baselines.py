@@ -113,21 +113,22 @@ def climatology(
     years = reference_years(truth, forecast, reference)
     t = pd.DatetimeIndex(truth["time"].values)
     ref = truth[variables].isel(time=np.flatnonzero(t.year.isin(years)))
-    key = xr.DataArray(
-        _calendar_key(pd.DatetimeIndex(ref["time"].values)), dims="time", coords={"time": ref["time"]}
-    )
-    clim = ref.groupby(key.rename("calkey")).mean("time")
-    have = set(clim["calkey"].values.tolist())
+    ref_keys = _calendar_key(pd.DatetimeIndex(ref["time"].values))
     valid = _valid_times(forecast)
+    keys = _calendar_key(pd.DatetimeIndex(valid.ravel())).reshape(valid.shape)
+    needed = np.unique(keys)
+    means = []
+    for k in needed:  # only the calendar slots the forecast needs, not the whole year
+        idx = np.flatnonzero(ref_keys == k)
+        if idx.size == 0:
+            raise UserError(
+                f"the climatology's reference period lacks day-of-year {k // 100} at {k % 100:02d} h"
+            )
+        means.append(ref.isel(time=idx).mean("time"))
+    clim = xr.concat(means, dim="calkey").assign_coords(calkey=needed)
     per_lead = []
     for j in range(valid.shape[1]):
-        keys = _calendar_key(pd.DatetimeIndex(valid[:, j]))
-        missing = [k for k in keys if k not in have]
-        if missing:
-            raise UserError(
-                f"the climatology's reference period lacks day-of-year/hour {missing[0] // 100}/{missing[0] % 100}"
-            )
-        sel = clim.sel(calkey=xr.DataArray(keys, dims="time")).drop_vars("calkey")
+        sel = clim.sel(calkey=xr.DataArray(keys[:, j], dims="time")).drop_vars("calkey")
         per_lead.append(sel.assign_coords(time=forecast["time"].values))
     out = _as_forecast(per_lead, forecast, member_dim=False)
     out.attrs.update(baseline="climatology", reference_years=f"{years[0]}-{years[-1]}")
