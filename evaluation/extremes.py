@@ -117,8 +117,8 @@ def efi(
     acos = np.arccos(np.sqrt(p))
     prod = np.sqrt(p * (1.0 - p))
     d_a, d_b = np.diff(acos), np.diff(prod)
-    total = 0.0
-    norm = 0.0
+    total: Any = 0.0
+    norm: Any = 0.0
     for i in range(nq - 1):
         slope = (frac[i + 1] - frac[i]) / (p[i + 1] - p[i])
         seg = (2.0 * frac[i] - 1.0) * d_a[i] + slope * ((1.0 - 2.0 * p[i]) * d_a[i] + d_b[i]) - d_b[i]

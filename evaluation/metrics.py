@@ -347,6 +347,7 @@ def _rank_counts(f: Any, y: Any) -> tuple[Any, Any]:
 
 def _tiebreak(less: Any, eq: Any, rng: np.random.Generator | torch.Generator) -> Any:
     """Rank = less + U{0, ..., eq} (random tie-breaking, Hamill 2001)."""
+    u: Any
     if _is_torch(less):
         if isinstance(rng, torch.Generator):
             u = torch.rand(less.shape, generator=rng, device=rng.device, dtype=torch.float64)
@@ -366,7 +367,7 @@ def rank_histogram(
     obs: Array,
     member_axis: int = 0,
     rng: np.random.Generator | torch.Generator | None = None,
-) -> Array:
+) -> Any:
     """Counts of the observation's rank among the members (Talagrand diagram), length ``M + 1``.
 
     The rank is the number of members below the observation; ties are broken at random (uniformly among
@@ -499,7 +500,11 @@ def reliability_curve(
     o = np.broadcast_to(_np(obs_event).astype(np.float64), _np(prob).shape).ravel()
     ok = ~(np.isnan(p) | np.isnan(o))
     p, o = p[ok], o[ok]
-    edges = np.linspace(0.0, 1.0, int(bins) + 1) if np.isscalar(bins) else np.asarray(bins, float)
+    edges = (
+        np.linspace(0.0, 1.0, int(bins) + 1)
+        if isinstance(bins, int | np.integer)
+        else np.asarray(bins, float)
+    )
     idx = np.clip(np.searchsorted(edges, p, side="right") - 1, 0, len(edges) - 2)
     nb = len(edges) - 1
     counts = np.bincount(idx, minlength=nb).astype(np.int64)
@@ -536,15 +541,15 @@ def roc_curve(
     p = _np(prob).astype(np.float64).ravel()
     o = np.broadcast_to(_np(obs_event).astype(np.float64), _np(prob).shape).ravel()
     ok = ~(np.isnan(p) | np.isnan(o))
-    p, o = p[ok], o[ok] > 0.5
+    p, ev = p[ok], o[ok] > 0.5
     if thresholds is None:
         base = np.arange(n_members + 1) / n_members if n_members else np.unique(p)
         thresholds = np.concatenate([base, [np.inf]])
     t = np.sort(np.asarray(thresholds, dtype=np.float64))[::-1]
     # p >= t with a small tolerance so that k/M computed two ways compares equal
     tol = 1e-9
-    ps = np.sort(p[o])
-    pn = np.sort(p[~o])
+    ps = np.sort(p[ev])
+    pn = np.sort(p[~ev])
     n1, n0 = max(len(ps), 1), max(len(pn), 1)
     hits = len(ps) - np.searchsorted(ps, t - tol, side="left")
     fas = len(pn) - np.searchsorted(pn, t - tol, side="left")
@@ -678,6 +683,7 @@ class EnsembleAccumulator:
             exceed = self.exceed + other.exceed
         srt = None
         if self.sorted_members is not None and other.sorted_members is not None:
+            cat: Any
             if _is_torch(self.sorted_members):
                 cat = torch.cat([self.sorted_members, other.sorted_members], dim=-1)
             else:

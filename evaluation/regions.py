@@ -144,9 +144,9 @@ def region_mean(
         den = (ok * wt).sum(dim=(-2, -1))
         return (num / den).to(field.dtype if field.is_floating_point() else torch.float64)
     arr = np.asarray(field)
-    x = np.moveaxis(arr.astype(np.float64), (lat_axis, lon_axis), (-2, -1))
-    ok = ~np.isnan(x)
-    num = (np.where(ok, x, 0.0) * w).sum(axis=(-2, -1))
-    den = (ok * w).sum(axis=(-2, -1))
-    out = num / den
+    xn = np.moveaxis(arr.astype(np.float64), (lat_axis, lon_axis), (-2, -1))
+    okn = ~np.isnan(xn)
+    num_n = (np.where(okn, xn, 0.0) * w).sum(axis=(-2, -1))
+    den_n = (okn * w).sum(axis=(-2, -1))
+    out = num_n / den_n
     return out.astype(arr.dtype) if np.issubdtype(arr.dtype, np.floating) else out

@@ -428,6 +428,8 @@ def ensemble_spectra(
     """Member, ensemble-mean and truth spectra and their ratios (grid axes last in ``forecast``; the
     truth broadcasts without the member axis). Compute per lead time and stack to follow the ratio with
     lead."""
+    f: Any
+    mean: Any
     if isinstance(forecast, torch.Tensor):
         f = torch.movedim(forecast, member_axis, 0)
         mean = f.mean(dim=0)

@@ -8,6 +8,8 @@ import properscoring as ps
 import pytest
 import scoringrules as sr
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import stats
 
 from data_catalog.errors import UserError
@@ -59,6 +61,27 @@ def test_crps_matches_scoringrules_named_estimators(
     y = rng.normal(size=40)
     ref = sr.crps_ensemble(y, f, m_axis=0, estimator=estimator)
     np.testing.assert_allclose(M.crps_ensemble(f, y, fair=fair), ref, rtol=1e-6, atol=1e-12)
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(
+    members=st.lists(
+        st.one_of(st.integers(-3, 3).map(float), st.floats(-1e3, 1e3), st.just(float("nan"))),
+        min_size=1,
+        max_size=9,
+    ),
+    obs=st.one_of(st.integers(-3, 3).map(float), st.floats(-1e3, 1e3)),
+)
+def test_crps_property_pairwise_with_ties_and_nans(members: list[float], obs: float) -> None:
+    f = np.asarray(members, dtype=np.float64)[:, None]
+    y = np.asarray([obs])
+    for fair in (True, False):
+        got = M.crps_ensemble(f, y, fair=fair)
+        ref = pairwise_crps(f, y, fair)
+        np.testing.assert_allclose(got, ref, rtol=1e-9, atol=1e-9)
+    std = M.crps_ensemble(f, y, fair=False)[0]
+    if not np.isnan(std):  # the standard CRPS is a proper score of a distribution: never negative
+        assert std >= -1e-9 * (1.0 + abs(obs) + np.nanmax(np.abs(f)))
 
 
 def test_crps_member_axis_and_broadcast(rng: np.random.Generator) -> None:
