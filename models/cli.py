@@ -23,7 +23,9 @@ def train_command(
     seeds: str = typer.Option(None, "--seeds", help="Train one checkpoint per seed: '0-7', '0,3,5'."),
     embed_dim: int = typer.Option(32, "--embed-dim", help="SFNO width."),
     num_layers: int = typer.Option(4, "--num-layers", help="SFNO depth."),
-    scale_factor: int = typer.Option(1, "--scale-factor", help="Internal grid downsampling."),
+    scale_factor: float = typer.Option(
+        1.0, "--scale-factor", help="Internal Gauss grid has ceil(nlat / scale) rows."
+    ),
     lmax: int = typer.Option(None, "--lmax", help="Spectral truncation (degree, exclusive)."),
     mmax: int = typer.Option(None, "--mmax", help="Spectral truncation (order, exclusive); default lmax."),
     steps: int = typer.Option(1000, "--steps", help="Optimiser iterations."),

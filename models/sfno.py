@@ -36,7 +36,7 @@ class SFNOConfig:
     out_chans: int
     embed_dim: int = 32
     num_layers: int = 4
-    scale_factor: int = 1
+    scale_factor: float = 1.0
     lmax: int = 32
     mmax: int = 32
     mlp_ratio: float = 2.0
@@ -50,9 +50,11 @@ class SFNOConfig:
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
-def internal_shape(nlat: int, scale_factor: int) -> tuple[int, int]:
+def internal_shape(nlat: int, scale_factor: float) -> tuple[int, int]:
     """Internal Legendre-Gauss grid ``(h, 2h)`` with ``h = ceil(nlat / scale_factor)``."""
-    h = -(-nlat // scale_factor)
+    if scale_factor < 1:
+        raise ValueError(f"scale_factor must be >= 1, got {scale_factor}")
+    h = math.ceil(nlat / scale_factor - 1e-9)
     return h, 2 * h
 
 

@@ -65,7 +65,7 @@ class TrainConfig:
     seed: int = 0
     embed_dim: int = 32
     num_layers: int = 4
-    scale_factor: int = 1
+    scale_factor: float = 1.0
     lmax: int | None = None  # default: min(internal nlat, ceil(3 nlat / 4))
     mmax: int | None = None  # default: lmax
     mlp_ratio: float = 2.0

@@ -1,0 +1,135 @@
+"""The shipped checkpoints on the embedded world's held-out test years (2008-2009).
+
+* each checkpoint beats persistence and a monthly climatology of the training years in latitude-weighted
+  RMSE at 1 to 5 day leads for every channel (a few init times);
+* 30-day rollouts stay finite and keep the angular power spectrum within a factor 2 of the truth's at
+  every degree 1 .. 2/3 of the model's truncation.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from data_catalog.errors import UserError
+from data_catalog.grid import area_weights
+from models import load_checkpoint, pretrained_dir
+from models.sht import GridRealSHT
+from models.skill import rollout
+
+try:
+    SHIPPED = sorted(pretrained_dir("sphere-swe").glob("seed-*"))
+except UserError:  # not shipped yet
+    SHIPPED = []
+
+pytestmark = pytest.mark.skipif(len(SHIPPED) < 4, reason="shipped checkpoints not found")
+
+LEADS_H = (24, 48, 72, 96, 120)
+
+
+@pytest.fixture(scope="module")
+def models():
+    return [load_checkpoint(p) for p in SHIPPED]
+
+
+@pytest.fixture(scope="module")
+def world():
+    from data_catalog.readers import open_reanalysis
+
+    return open_reanalysis("builtin:sphere-swe")
+
+
+def _block(world, channels, start: str, end: str) -> tuple[torch.Tensor, np.ndarray]:
+    sel = world[list(channels)].sel(time=slice(start, end))
+    arr = np.stack([sel[c].values for c in channels], axis=1).astype(np.float32)
+    return torch.from_numpy(arr), sel.time.values
+
+
+def _rmse(err: torch.Tensor, lat: np.ndarray) -> torch.Tensor:
+    """(N, C, lat, lon) -> (C,), mean of squared errors over inits inside the root."""
+    w = torch.as_tensor(area_weights(lat), dtype=torch.float64).view(-1, 1)
+    return ((err.double() ** 2 * w).mean(dim=(-2, -1)) / w.mean()).mean(dim=0).sqrt()
+
+
+def test_shipped_checkpoints_describe_themselves(models) -> None:
+    assert len(models) >= 4
+    seeds = [m.metadata["seed"] for m in models]
+    assert len(set(seeds)) == len(seeds)
+    for p, m in zip(SHIPPED, models, strict=True):
+        assert (p / "weights.safetensors").stat().st_size < 5e6
+        meta = m.metadata
+        assert meta["dataset"]["id"] == "builtin:sphere-swe"
+        assert meta["dataset"]["train_years"] == [2000, 2006] and meta["dataset"]["valid_years"] == [
+            2007,
+            2007,
+        ]
+        assert meta["architecture"]["lmax"] == meta["architecture"]["mmax"]
+        assert m.channels == ("z500", "u500", "v500", "vo500")
+        skill = json.loads((p / "skill.json").read_text())
+        assert skill["lead_hours"][-1] == 240
+
+
+def test_beats_persistence_and_climatology_on_test_years(models, world) -> None:
+    ch = models[0].channels
+    lat = models[0].latitude
+    data, times = _block(world, ch, "2008-01-01", "2009-12-31T18")
+    # four inits spread over both test years and the seasons
+    inits = np.array([40, 700, 1500, 2300])
+    n_steps = LEADS_H[-1] // 6
+    months = sorted({int(str(t)[5:7]) for i in inits for t in times[i : i + n_steps + 1 : 4]})
+    train = world[list(ch)].sel(time=slice("2000-01-01", "2006-12-31T18"))
+    train = train.sel(time=train.time.dt.month.isin(months))
+    clim_m = {
+        m: torch.from_numpy(np.stack([g[c].mean("time").values for c in ch]).astype(np.float32))
+        for m, g in train.groupby("time.month")
+    }
+    truth = {h: data[inits + h // 6] for h in LEADS_H}
+    clim = {h: torch.stack([clim_m[int(str(t)[5:7])] for t in times[inits + h // 6]]) for h in LEADS_H}
+    for m in models:
+        fc = rollout(m, data[inits], times[inits], n_steps)
+        for h in LEADS_H:
+            r_model = _rmse(fc[h // 6 - 1] - truth[h], lat)
+            r_pers = _rmse(data[inits] - truth[h], lat)
+            r_clim = _rmse(clim[h] - truth[h], lat)
+            for i, c in enumerate(ch):
+                assert r_model[i] < r_pers[i], (
+                    f"seed {m.metadata['seed']} {c} {h} h: {r_model[i]:.4g} vs persistence {r_pers[i]:.4g}"
+                )
+                assert r_model[i] < r_clim[i], (
+                    f"seed {m.metadata['seed']} {c} {h} h: {r_model[i]:.4g} vs climatology {r_clim[i]:.4g}"
+                )
+
+
+def _spectrum(x: torch.Tensor, sht: GridRealSHT) -> torch.Tensor:
+    """Degree power (..., L) of fields (..., lat, lon): |c_l0|^2 + 2 sum_{m>0} |c_lm|^2."""
+    c = sht(x.float()).abs() ** 2
+    return c[..., 0] + 2 * c[..., 1:].sum(dim=-1)
+
+
+def test_30_day_rollouts_are_stable_and_keep_the_spectrum(models, world) -> None:
+    ch = models[0].channels
+    lat, lon = models[0].latitude, models[0].longitude
+    data, times = _block(world, ch, "2008-01-01", "2008-12-31T18")
+    inits = np.array([0, 480, 960])  # Jan, May, Sep
+    n_steps = 120  # 30 days
+    lmax = models[0].net.config.lmax
+    sht = GridRealSHT(lat, lon.size, lmax, lmax)
+    lcut = (2 * lmax) // 3
+    fc_spec, tr_spec = [], []
+    for m in models:
+        fc = rollout(m, data[inits], times[inits], n_steps)
+        assert torch.isfinite(fc).all(), f"seed {m.metadata['seed']}: non-finite rollout"
+        fc_spec.append(_spectrum(fc[80:], sht).mean(dim=(0, 1)))  # days 20-30, (C, L)
+    for i in inits:
+        tr_spec.append(_spectrum(data[i + 81 : i + n_steps + 1], sht).mean(dim=0))
+    truth = torch.stack(tr_spec).mean(dim=0)
+    for m, s in zip(models, fc_spec, strict=True):
+        ratio = s[:, 1 : lcut + 1] / truth[:, 1 : lcut + 1]
+        for i, c in enumerate(ch):
+            bad = [(deg + 1, round(float(r), 2)) for deg, r in enumerate(ratio[i]) if not 0.5 <= r <= 2.0]
+            assert not bad, (
+                f"seed {m.metadata['seed']} {c}: spectrum ratio outside [0.5, 2] at (l, ratio) {bad}"
+            )
