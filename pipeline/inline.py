@@ -243,8 +243,9 @@ def finalize(run_dir: Path, icfg: Any, plan: Any, keep: str = "members") -> Path
                     continue
                 for r0 in range(0, ny, rows):
                     band = np.concatenate([m[:, lead, :, r0 : r0 + rows] for m in mms], axis=0)
+                    band = band.astype(np.float64)  # differences of large values (z500): no float32 sums
                     fields["crps"][i, lead, :, r0 : r0 + rows] = crps_ensemble(
-                        band, truth[lead, :, r0 : r0 + rows], member_axis=0, fair=True
+                        band, truth[lead, :, r0 : r0 + rows].astype(np.float64), member_axis=0, fair=True
                     )
             del mms
 

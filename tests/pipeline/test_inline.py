@@ -1,0 +1,108 @@
+"""Inline scores (merged over member blocks, checkpoints and shards) equal the offline evaluation of
+the stored members."""
+
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+from conftest import base_config
+
+from data_catalog.grid import area_weights
+from evaluation.metrics import crps_ensemble
+from pipeline import open_forecast, run_forecast
+
+CH = ["z500", "u500", "v500", "vo500"]
+
+
+def offline(run_dir, analysis):
+    ds = open_forecast(run_dir).load()
+    ana = xr.open_zarr(analysis)
+    x = np.stack([ds[c].values for c in CH], axis=3).astype(np.float64)  # (t, n, lead, C, y, x)
+    valid = ds.time.values[:, None] + ds.prediction_timedelta.values[None, :]
+    y = np.stack([np.stack([ana[c].sel(time=v).values for c in CH], 1) for v in valid]).astype(np.float64)
+    return ds, x, y
+
+
+def brute_fair_crps(x, y):
+    """(1/M) sum|x_i - y| - 1/(2 M (M-1)) sum_{i,j} |x_i - x_j|, members on axis 1."""
+    m = x.shape[1]
+    skill = np.abs(x - y[:, None]).mean(1)
+    pair = np.abs(x[:, :, None] - x[:, None, :]).sum((1, 2))
+    return skill - pair / (2 * m * (m - 1))
+
+
+def test_inline_equals_offline(reference_run, world):
+    run_dir = reference_run["run_dir"]
+    sc = xr.open_zarr(run_dir / "scores.zarr").load()
+    ds, x, y = offline(run_dir, world["analysis"])
+    mean = x.mean(1)
+    np.testing.assert_allclose(sc["ensemble_mean"].values, mean, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(sc["variance"].values, x.var(1, ddof=1), rtol=1e-4, atol=1e-14)
+    crps_off = crps_ensemble(x, y, member_axis=1, fair=True)
+    np.testing.assert_allclose(sc["crps"].values, crps_off, rtol=1e-5, atol=1e-12)
+    t = 1  # one init time, brute force O(M^2)
+    np.testing.assert_allclose(
+        sc["crps"].values[t], brute_fair_crps(x[t][None], y[t][None])[0], rtol=1e-5, atol=1e-12
+    )
+    np.testing.assert_allclose(
+        sc["best_member_abs_error"].values, np.abs(x - y[:, None]).min(1), rtol=1e-6, atol=1e-12
+    )
+    # rank histogram: exact where no member ties the truth; the few float32 ties are broken at random
+    less = (x < y[:, None]).sum(1)
+    tied = (x == y[:, None]).any(1)
+    m = x.shape[1]
+    flat = less.reshape(*less.shape[:3], -1)
+    hist = np.apply_along_axis(lambda r: np.bincount(r, minlength=m + 1), -1, flat)
+    n_tied = tied.reshape(*tied.shape[:3], -1).sum(-1)
+    assert n_tied.sum() < 0.001 * tied.size
+    diff = np.abs(sc["rank_histogram"].values - hist).sum(-1)
+    assert np.all(diff <= 2 * n_tied)
+    assert np.all(sc["rank_histogram"].values.sum(-1) == hist.sum(-1))
+    # exceedance probabilities
+    for k, thr in enumerate([54000.0, 54500.0]):
+        np.testing.assert_allclose(
+            sc["exceedance_probability_z500"].values[:, :, k], (x[:, :, :, 0] > thr).mean(1), atol=1e-6
+        )
+    # per-member errors and area-weighted aggregates
+    w = area_weights(ds.latitude.values)
+    rmse = np.sqrt((((x - y[:, None]) ** 2).mean(-1) * w).mean(-1))
+    np.testing.assert_allclose(sc["member_rmse"].values, rmse, rtol=1e-5)
+    crps_g = (crps_off.mean(-1) * w).mean(-1)
+    np.testing.assert_allclose(sc["crps_global"].values, crps_g, rtol=1e-5)
+    skill = np.sqrt((((mean - y) ** 2).mean(-1) * w).mean(-1))
+    spread = np.sqrt((x.var(1, ddof=1).mean(-1) * w).mean(-1))
+    np.testing.assert_allclose(
+        sc["spread_skill_ratio"].values[:, 1:], (np.sqrt((m + 1) / m) * spread / skill)[:, 1:], rtol=1e-4
+    )
+
+
+def test_inline_spectra_and_keep_none(world, tmp_path):
+    from evaluation.spectra import power_spectrum
+
+    cfg = base_config(
+        world,
+        init_times=["2008-01-02T00"],
+        checkpoints=world["checkpoints"][:1],
+        perturbation={"method": "spherical", "n_pairs": 2},
+        batch_size=2,
+        lead_steps=2,
+        inline={"enabled": True, "spectra": True, "crps": True, "memory_mb": 0.05},
+    )
+    run_forecast(cfg, tmp_path / "members")
+    sc = xr.open_zarr(tmp_path / "members" / "scores.zarr").load()
+    ds, x, y = offline(tmp_path / "members", world["analysis"])
+    ps = power_spectrum(x, ds.latitude.values).power  # (t, n, lead, C, l)
+    np.testing.assert_allclose(sc["power_spectrum_members"].values, ps.mean(1), rtol=1e-6)
+    np.testing.assert_allclose(
+        sc["power_spectrum_mean"].values, power_spectrum(x.mean(1), ds.latitude.values).power, rtol=1e-5
+    )
+    # tiny memory budget -> many latitude bands; same CRPS
+    np.testing.assert_allclose(sc["crps"].values, crps_ensemble(x, y, member_axis=1), rtol=1e-5, atol=1e-12)
+    # keep: none writes no member fields, only scores, and the scores are the same
+    cfg["output"] = {"keep": "none"}
+    run_forecast(cfg, tmp_path / "none")
+    dn = open_forecast(tmp_path / "none")
+    assert not any(v in dn for v in CH)
+    sn = xr.open_zarr(tmp_path / "none" / "scores.zarr").load()
+    assert "ensemble_mean" not in sn
+    np.testing.assert_array_equal(sn["crps"].values, sc["crps"].values)
