@@ -109,7 +109,7 @@ def climatology(
     """
     truth = normalize_truth(truth)
     forecast = normalize_forecast(forecast)
-    variables = list(variables or [v for v in forecast.data_vars if v in truth.data_vars])
+    variables = list(variables or [str(v) for v in forecast.data_vars if v in truth.data_vars])
     years = reference_years(truth, forecast, reference)
     t = pd.DatetimeIndex(truth["time"].values)
     ref = truth[variables].isel(time=np.flatnonzero(t.year.isin(years)))
@@ -163,7 +163,7 @@ def probabilistic_climatology(
     """
     truth = normalize_truth(truth)
     forecast = normalize_forecast(forecast)
-    variables = list(variables or [v for v in forecast.data_vars if v in truth.data_vars])
+    variables = list(variables or [str(v) for v in forecast.data_vars if v in truth.data_vars])
     years = reference_years(truth, forecast, reference)
     valid = _valid_times(forecast)
     vyears = pd.DatetimeIndex(valid.ravel()).year
@@ -200,7 +200,7 @@ def persistence(
     """The analysis at the initialisation time for every lead: ``x(init + lead) = truth(init)``."""
     truth = normalize_truth(truth)
     forecast = normalize_forecast(forecast)
-    variables = list(variables or [v for v in forecast.data_vars if v in truth.data_vars])
+    variables = list(variables or [str(v) for v in forecast.data_vars if v in truth.data_vars])
     inits = forecast["time"].values
     miss = ~pd.DatetimeIndex(inits).isin(pd.DatetimeIndex(truth["time"].values))
     if miss.any():

@@ -500,7 +500,7 @@ def _finalize(
         "mae": ((), mae),
         "rmse": ((), rmse),
         "spread": ((), spread),
-        "spread_skill_ratio": ((), ssr),
+        "spread_skill_ratio": ((), np.asarray(ssr)),
         "crps_spread_skill_ratio": ((), cssr),
     }
     if "rank_histogram" in metrics_:
@@ -724,7 +724,7 @@ def score_forecast(
             raise UserError(f"forecast lacks variable(s) {', '.join(absent)}; it has {have}")
     tr = normalize_truth(open_truth(truth, variables))
     if variables is None:
-        variables = [v for v in fcn.data_vars if v in tr.data_vars]
+        variables = [str(v) for v in fcn.data_vars if v in tr.data_vars]
         if not variables:
             raise UserError("forecast and truth share no variable")
     variables = list(variables)

@@ -297,3 +297,55 @@ def test_real_ifs_forecast_deterministic(realdata: Path) -> None:
     np.testing.assert_array_equal(s.rmse.values, 0.0)
     with pytest.raises(UserError, match="valid times"):
         score_forecast(ifs, truth, variables=["z500"])
+
+
+def test_nan_members_use_the_members_present() -> None:
+    """Missing members count per point (the fair CRPS uses the m present, not M; WB2 issue #302)."""
+    rng = np.random.default_rng(11)
+    lat, lon = np.linspace(78.75, -78.75, 8), np.arange(16) * 22.5
+    times = pd.date_range("2021-03-01", periods=2, freq="6h")
+    y = rng.standard_normal((2, 8, 16))
+    x = rng.standard_normal((1, 6, 2, 8, 16))
+    x[0, :2, 1, :3] = np.nan  # two members missing over three latitude rows at lead 6 h
+    fc = xr.Dataset(
+        {"t850": (("time", "number", "prediction_timedelta", "latitude", "longitude"), x)},
+        coords={
+            "time": times[:1],
+            "number": np.arange(6),
+            "prediction_timedelta": LEADS[:2],
+            "latitude": lat,
+            "longitude": lon,
+        },
+    )
+    tr = xr.Dataset(
+        {"t850": (("time", "latitude", "longitude"), y)},
+        coords={"time": times, "latitude": lat, "longitude": lon},
+    )
+    s = score_forecast(fc, tr, regions=["global"]).sel(forecast="forecast", variable="t850", region="global")
+    w = area_weights(lat)[:, None] * np.ones(16)
+    crps = np.empty((8, 16))
+    for i in range(8):
+        for k in range(16):
+            mem = x[0, :, 1, i, k]
+            crps[i, k] = _fair_crps_pairwise(mem[np.isfinite(mem)][:, None], y[1, i, k][None])[0]
+    np.testing.assert_allclose(s.crps.values[1], (crps * w).sum() / w.sum(), rtol=1e-10)
+    assert s.rank_histogram.values[1].sum() == 8 * 16 - 3 * 16
+    assert s.rank_histogram.values[0].sum() == 8 * 16
+
+
+def test_named_box_region(stores: tuple[Path, Path]) -> None:
+    fpath, tpath = stores
+    s = score_forecast(fpath, tpath, variables=["t850"], regions=["europe", "global"]).sel(
+        forecast="forecast"
+    )
+    fc, tr = _loaded(fpath, tpath)
+    mask = region_mask(fc.latitude.values, fc.longitude.values, "europe")
+    x = fc["t850"].values.astype(np.float64)
+    y = _truth_at_valid(fc, tr, "t850")
+    w = area_weights(fc.latitude.values)[:, None] * mask
+    se = (x.mean(1) - y) ** 2
+    np.testing.assert_allclose(
+        s.rmse.sel(variable="t850", region="europe").values,
+        np.sqrt((se * w).sum((-2, -1)).mean(0) / w.sum()),
+        rtol=1e-5,
+    )
