@@ -26,6 +26,13 @@ def describe_plan(workflow: Workflow, run_dir: Path | None = None) -> str:
         f"init times: {len(inits)} ({np.datetime_as_string(inits[0], unit='h')} .. "
         f"{np.datetime_as_string(inits[-1], unit='h')})",
         f"lead: {steps} steps",
+        *(
+            [
+                f"members in total: {f.max_checkpoints} checkpoints x {f.members} = {f.max_checkpoints * f.members}"
+            ]
+            if f.max_checkpoints
+            else []
+        ),
         f"member-steps per checkpoint: {f.members * len(inits) * steps}",
         "stages:",
     ]
@@ -39,5 +46,5 @@ def describe_plan(workflow: Workflow, run_dir: Path | None = None) -> str:
         from workflows.status import format_status, run_status
 
         lines.append("")
-        lines.append(format_status(run_status(target)))
+        lines.append(format_status(run_status(target, workflow=workflow)))
     return "\n".join(lines)

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
-import pandas as pd
 import yaml
 from pydantic import (
     BaseModel,
@@ -47,35 +46,45 @@ _SAFE_TOKEN = re.compile(r"^[A-Za-z0-9_.,:+=@-]+$")
 # --------------------------------------------------------------------------------------------------
 # scalar types
 # --------------------------------------------------------------------------------------------------
+_DURATION = re.compile(r"^\s*([-+]?\d+)\s*(s|sec|seconds?|m|min|minutes?|h|hours?|d|D|days?|w|W|weeks?)\s*$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def _parse_time(value: str) -> np.datetime64:
+    text = value.strip().replace(" ", "T")
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}(T\d{2}(:\d{2}(:\d{2})?)?)?", text):
+        raise ValueError(f"not a date/time (use e.g. 2008-01-01 or 2008-01-01T06:00): {value!r}")
+    try:
+        return np.datetime64(text, "ns")
+    except ValueError:
+        raise ValueError(f"not a date/time: {value!r}") from None
+
+
+def _parse_duration(value: str) -> np.timedelta64:
+    m = _DURATION.match(value)
+    if not m:
+        raise ValueError(f"not a duration (use e.g. '6h', '10D'): {value!r}")
+    unit = m.group(2)
+    key = "m" if unit.lower().startswith("mi") or unit == "m" else unit[0].lower()
+    return np.timedelta64(int(m.group(1)) * _UNIT_SECONDS[key], "s").astype("timedelta64[ns]")
+
+
 def _to_time_string(value: Any) -> Any:
-    """YAML turns ``2008-01-01`` into a date: accept dates/datetimes and check strings parse."""
+    """YAML may give dates as objects: accept dates/datetimes and check strings parse."""
     if isinstance(value, dt.datetime):
         return value.replace(tzinfo=None).isoformat(timespec="minutes")
     if isinstance(value, dt.date):
         return value.isoformat()
     if isinstance(value, str):
-        try:
-            ts = pd.Timestamp(value)
-        except (ValueError, TypeError, OverflowError) as exc:
-            raise ValueError(f"not a date/time: {value!r}") from exc
-        if ts is pd.NaT or pd.isna(ts):
-            raise ValueError(f"not a date/time: {value!r}")
-        return value
+        _parse_time(value)
     return value
 
 
 def _to_duration_string(value: Any) -> Any:
     """Accept ``6h``, ``10D``, ``15 days``, ``240h``; reject zero or negative durations."""
-    if isinstance(value, bool):
-        return value
     if isinstance(value, str):
-        try:
-            td = pd.Timedelta(value)
-        except (ValueError, TypeError, OverflowError) as exc:
-            raise ValueError(f"not a duration (use e.g. '6h', '10D'): {value!r}") from exc
-        if pd.isna(td) or td <= pd.Timedelta(0):
+        if _parse_duration(value) <= np.timedelta64(0, "ns"):
             raise ValueError(f"duration must be positive, got {value!r}")
-        return value
     return value
 
 
@@ -94,12 +103,12 @@ StrList = Annotated[list[str], BeforeValidator(_to_list)]
 
 def to_datetime64(value: str) -> np.datetime64:
     """Parse a validated time string to ``datetime64[ns]``."""
-    return np.datetime64(pd.Timestamp(value).to_datetime64(), "ns")
+    return _parse_time(value)
 
 
 def to_timedelta64(value: str) -> np.timedelta64:
-    """Parse a validated duration string to ``timedelta64[ns]``."""
-    return np.timedelta64(pd.Timedelta(value).to_timedelta64(), "ns")
+    """Parse a validated duration string (``6h``, ``10D``) to ``timedelta64[ns]``."""
+    return _parse_duration(value)
 
 
 class _Model(BaseModel):
@@ -155,13 +164,13 @@ class TrainSection(_Model):
     seeds: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)] = Field(
         default_factory=lambda: [0], description="One checkpoint is trained per seed."
     )
-    epochs: PositiveInt = Field(10, description="Passes over the training years.")
-    batch_size: PositiveInt = Field(8, description="Samples per optimisation step.")
-    learning_rate: float = Field(1e-3, gt=0, description="Peak learning rate.")
+    steps: PositiveInt = Field(1000, description="Optimisation steps per checkpoint.")
+    batch_size: PositiveInt = Field(16, description="Samples per optimisation step.")
+    learning_rate: float = Field(2e-3, gt=0, description="Peak learning rate (AdamW, cosine schedule).")
     rollout_steps: PositiveInt = Field(1, description="Autoregressive steps in the training loss.")
-    device: str = Field("cpu", description="Torch device: cpu, cuda, cuda:N or auto.")
     model: dict[str, Any] = Field(
-        default_factory=dict, description="Architecture options passed to the model builder (e.g. embed_dim)."
+        default_factory=dict,
+        description="Further options of models.train.TrainConfig (embed_dim, num_layers, lmax, ...).",
     )
     output: str = Field(
         "checkpoints", description="Folder (relative to run_dir) that receives the checkpoints."
@@ -327,7 +336,7 @@ class ForecastSection(_Model):
         if self.lead_steps is not None:
             return self.lead_steps
         assert self.lead_time is not None
-        lead, step = pd.Timedelta(self.lead_time), pd.Timedelta(time_step)
+        lead, step = to_timedelta64(self.lead_time), to_timedelta64(time_step)
         if lead % step:
             raise UserError(
                 f"forecast.lead_time {self.lead_time} is not a multiple of the time step {time_step}"
@@ -644,10 +653,20 @@ def parse_workflow(data: Any, *, source: str = "workflow") -> Workflow:
         raise UserError(f"{source}: invalid workflow ({exc})") from None
 
 
+class _Loader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that keeps dates as strings (the schema parses and checks them)."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
 def load_workflow_text(text: str, *, source: str = "workflow") -> Workflow:
-    """Safe-load YAML text and validate it."""
+    """Safe-load YAML text (dates kept as strings) and validate it."""
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""

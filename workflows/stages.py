@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from data_catalog.errors import UserError
 from workflows.runner import StageContext, StageSpec, write_json
@@ -52,27 +51,31 @@ def _call_pretrained_dir(name: str) -> Path:
 
 
 def _call_train(workflow: Workflow, seed: int, out_dir: Path) -> Path:
-    """Train one checkpoint with ``seed`` into ``out_dir`` (models layer)."""
+    """Train one checkpoint with ``seed`` into ``out_dir`` (models.train; resumes a partial state)."""
+    import dataclasses
+
     from models import train as mtrain
 
     t = workflow.train
     assert t is not None
-    return Path(
-        mtrain.train_checkpoint(
-            source=workflow.data.source,
-            out_dir=out_dir,
-            seed=seed,
-            epochs=t.epochs,
-            batch_size=t.batch_size,
-            learning_rate=t.learning_rate,
-            rollout_steps=t.rollout_steps,
-            device=t.device,
-            train_range=(workflow.data.train.start, workflow.data.train.end),
-            validation_range=(workflow.data.validation.start, workflow.data.validation.end),
-            variables=workflow.data.variables,
-            **t.model,
-        )
+    d = workflow.data
+    fields = {f.name for f in dataclasses.fields(mtrain.TrainConfig)}
+    unknown = sorted(set(t.model) - fields)
+    if unknown:
+        raise UserError(f"train.model: unknown option(s) {', '.join(unknown)} (see models.train.TrainConfig)")
+    cfg = mtrain.TrainConfig(
+        dataset=d.source,
+        seed=seed,
+        steps=t.steps,
+        batch_size=t.batch_size,
+        lr=t.learning_rate,
+        rollout_steps=t.rollout_steps,
+        train_years=(int(d.train.start[:4]), int(d.train.end[:4])),
+        valid_years=(int(d.validation.start[:4]), int(d.validation.end[:4])),
+        channels=tuple(d.variables) if d.variables else None,
+        **t.model,
     )
+    return Path(mtrain.train(cfg, out_dir, progress=False).path)
 
 
 def _call_checkpoint_skill(
@@ -141,9 +144,8 @@ def _call_write_scores(scores: Any, path: Path) -> Path:
 
 
 def _call_write_report(scores_path: Path, out_dir: Path, title: str, extra: Mapping[str, Any]) -> Path:
-    from evaluation.report import write_report
-
     from evaluation import open_scores
+    from evaluation.report import write_report
 
     return Path(write_report(open_scores(scores_path), out_dir, title=title, **extra))
 
@@ -236,6 +238,8 @@ def stage_prepare(ctx: StageContext) -> dict[str, Any]:
     w = ctx.workflow
     logger.info("opening %s (the embedded world is built on first use)", w.data.source)
     ds = _call_open_reanalysis(w.data.source, w.data.variables)
+    import pandas as pd
+
     times = pd.DatetimeIndex(ds["time"].values)
     inits = w.forecast.init_times.expand()
     step = to_timedelta64(w.data.time_step)
@@ -436,7 +440,6 @@ REGISTRY: dict[str, StageSpec] = {
             "train",
             stage_train,
             ("data", "train", "seed"),
-            ignore=("train.device",),
             shardable=True,
             description="train one checkpoint per seed",
         ),

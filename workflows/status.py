@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -10,21 +11,25 @@ import numpy as np
 
 from data_catalog.errors import UserError
 from workflows.runner import Registry, default_registry, read_stage_record, shard_records, stage_hashes
-from workflows.schema import STAGE_ORDER, load_workflow
+from workflows.schema import STAGE_ORDER, Workflow, load_workflow
 
 
-def run_status(run_dir: str | Path, registry: Registry | None = None) -> dict[str, Any]:
+def run_status(
+    run_dir: str | Path, registry: Registry | None = None, workflow: Workflow | None = None
+) -> dict[str, Any]:
     """Status of every stage of the run in ``run_dir``.
 
     Returns ``{"run_dir", "workflow", "stages": [{stage, status, seconds, shards: {...}, ...}]}`` where
     status is ``done``, ``running`` (or interrupted), ``failed``, ``stale`` (done for another
-    configuration), ``pending`` or ``disabled``.
+    configuration), ``pending`` or ``disabled``. ``workflow`` (default: the run's ``config.yaml``)
+    is the configuration the records are compared with.
     """
     run_dir = Path(run_dir)
     config = run_dir / "config.yaml"
     if not config.is_file():
         raise UserError(f"not a run directory (no config.yaml): {run_dir}")
-    workflow = load_workflow(config)
+    if workflow is None:
+        workflow = load_workflow(config)
     registry = registry if registry is not None else default_registry()
     hashes = stage_hashes(workflow, registry)
     enabled = workflow.enabled_stages()
@@ -129,7 +134,9 @@ def _open_store(path: str) -> Any:
     last: Exception | None = None
     for kwargs in ({"consolidated": None}, {"consolidated": False}):
         try:
-            return xr.open_zarr(path, **kwargs)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                return xr.open_zarr(path, **kwargs)
         except Exception as exc:  # zarr raises a zoo of errors for non-stores
             last = exc
     if p.is_file() and p.suffix in (".nc", ".nc4"):
