@@ -7,8 +7,9 @@ accepted too (tests, notebooks).
 
 from __future__ import annotations
 
+import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -57,9 +58,18 @@ class Block:
 
     data: torch.Tensor
     times: np.ndarray  # datetime64[ns], (T,)
+    segment_starts: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))
 
     def __len__(self) -> int:
         return int(self.data.shape[0])
+
+    def window_starts(self, k: int) -> np.ndarray:
+        """Indices ``t`` whose window ``t .. t+k`` stays inside one trajectory (no restart inside)."""
+        t = np.arange(len(self) - k)
+        ok = np.ones(t.size, dtype=bool)
+        for s in self.segment_starts:
+            ok &= ~((t < s) & (s <= t + k))
+        return t[ok]
 
 
 def load_years(ds: xr.Dataset, channels: list[str], years: tuple[int, int]) -> Block:
@@ -72,7 +82,24 @@ def load_years(ds: xr.Dataset, channels: list[str], years: tuple[int, int]) -> B
     if not np.all(np.isfinite(arr)):
         raise UserError(f"dataset has non-finite values in years {years[0]}-{years[1]}")
     times = np.asarray(sel["time"].values).astype("datetime64[ns]")
-    return Block(torch.from_numpy(np.ascontiguousarray(arr)), times)
+    return Block(torch.from_numpy(np.ascontiguousarray(arr)), times, trajectory_starts(ds, times))
+
+
+def trajectory_starts(ds: xr.Dataset, times: np.ndarray) -> np.ndarray:
+    """Indices into ``times`` where an independent trajectory starts (store attribute ``trajectory_starts``,
+    a JSON list of times, as the embedded world records: each of its years is a separate run)."""
+    raw = ds.attrs.get("trajectory_starts")
+    if not raw:
+        return np.zeros(0, dtype=int)
+    try:
+        starts = np.array(json.loads(raw) if isinstance(raw, str) else list(raw), dtype="datetime64[ns]")
+    except (ValueError, TypeError):
+        log.warning("ignoring unreadable trajectory_starts attribute")
+        return np.zeros(0, dtype=int)
+    idx = np.searchsorted(times, starts)
+    keep = (idx > 0) & (idx < times.size)
+    keep[keep] &= times[idx[keep]] == starts[keep]
+    return np.unique(idx[keep])
 
 
 def time_step_of(times: np.ndarray) -> np.timedelta64:

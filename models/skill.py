@@ -60,7 +60,10 @@ def skill_table(
 
     Returns ``{"lead_hours", "rmse", "persistence", "climatology", "init_times"}`` (JSON-ready).
     """
-    idx = init_indices(len(block), n_inits, lead_steps)
+    cand = block.window_starts(lead_steps)
+    if cand.size == 0:
+        raise ValueError(f"no window of {lead_steps} steps inside one trajectory")
+    idx = cand[init_indices(cand.size + lead_steps, n_inits, lead_steps)]
     dt_h = model.time_step.total_seconds() / 3600.0
     sq = {k: torch.zeros(lead_steps, len(model.channels), dtype=torch.float64) for k in ("m", "p", "c")}
     lat = model.latitude

@@ -268,6 +268,7 @@ def train(
     w = torch.as_tensor(area_weights(lat), dtype=torch.float32).view(1, 1, -1, 1)
     tstd = model._tstd
     data, times = train_b.data, train_b.times
+    windows = {k: train_b.window_starts(k) for k in {1, cfg.rollout_steps}}
     t0 = time.perf_counter()
     net.train()
 
@@ -290,7 +291,10 @@ def train(
         task = bar.add_task(f"train seed {cfg.seed}", total=cfg.steps, completed=start, loss=float("nan"))
         for it in range(start, cfg.steps):
             k = cfg.rollout_steps if it >= cfg.steps - cfg.rollout_iters else 1
-            idx = torch.randint(0, len(train_b) - k, (cfg.batch_size,), generator=batch_gen)
+            starts = windows[k]
+            idx = torch.from_numpy(starts)[
+                torch.randint(0, starts.size, (cfg.batch_size,), generator=batch_gen)
+            ]
             for g in opt.param_groups:
                 g["lr"] = _lr_at(cfg, it)
             x = data[idx]

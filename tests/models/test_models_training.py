@@ -104,3 +104,19 @@ def test_cli_usage_errors(tmp_path: Path) -> None:
 
     assert main(["train", "--out", str(tmp_path), "--seed", "0", "--seeds", "0-1"]) == 2
     assert main(["train", "--out", str(tmp_path), "--seeds", "x"]) == 2
+
+
+def test_windows_never_cross_a_trajectory_restart(tiny_world) -> None:
+    """The world's years are independent runs: no training pair or rollout spans a restart."""
+    from models.data import load_years
+
+    ds = tiny_world.copy()
+    ds.attrs["trajectory_starts"] = json.dumps(["2000-01-01T00:00:00", "2001-01-01T00:00:00"])
+    block = load_years(ds, ["z500"], (2000, 2001))
+    start_2001 = int(np.nonzero(block.times == np.datetime64("2001-01-01"))[0][0])
+    assert block.segment_starts.tolist() == [start_2001]
+    for k in (1, 3):
+        w = block.window_starts(k)
+        assert not np.any((w < start_2001) & (w + k >= start_2001))
+        assert w.size == len(block) - k - k  # exactly k windows removed
+        assert start_2001 in w and start_2001 - k - 1 in w
