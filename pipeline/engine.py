@@ -54,9 +54,9 @@ def open_analysis(source: str | xr.Dataset) -> xr.Dataset:
             from data_catalog import open_reanalysis  # type: ignore[attr-defined]
         except ImportError:
             open_reanalysis = None
-        if open_reanalysis is not None and not Path(source).exists():
+        if open_reanalysis is not None:  # catalog names, builtin:sphere-swe, paths; canonical form
             ds = open_reanalysis(source)
-        elif Path(source).exists():
+        elif Path(source).exists():  # pragma: no cover - before data_catalog had readers
             ds = xr.open_zarr(source, decode_timedelta=True)
         else:
             raise UserError(f"analysis not found: {source}")
@@ -244,10 +244,12 @@ def _create(cfg: ForecastConfig, run_dir: Path, ds: xr.Dataset, model0: Any, dev
         var_attrs[v] = {k: a[k] for k in ("units", "long_name", "standard_name") if k in a}
     if cfg.output.dtype == "float16":
         for v in plan.variables:
-            peak = float(np.abs(ds[v].isel(time=0)).max())
-            if peak > 0.5 * 65504.0:
+            mag = np.abs(ds[v].isel(time=0).values)
+            peak, typical = float(mag.max()), float(np.median(mag))
+            if peak > 0.5 * 65504.0 or typical < 6.1e-5:
                 raise UserError(
-                    f"float16 cannot hold {v} (|values| up to {peak:.4g}); use bfloat16 or float32"
+                    f"float16 cannot hold {v} (|values| {typical:.3g} typical, {peak:.4g} max; normal range "
+                    "6.1e-5..65504); use bfloat16, keepbits or float32"
                 )
     store_path = Path(cfg.output.path) if cfg.output.path else run_dir / STORE_NAME
     attrs = {

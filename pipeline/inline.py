@@ -257,7 +257,8 @@ def finalize(run_dir: Path, icfg: Any, plan: Any, keep: str = "members") -> Path
     mse = amean((fields["ensemble_mean"].astype(np.float64) - truth_all) ** 2)
     spread = np.sqrt(amean(fields["variance"]))
     mcount = count[..., None].astype(np.float64)
-    ssr = np.sqrt((mcount + 1) / np.where(mcount > 0, mcount, np.nan)) * spread / np.sqrt(mse)
+    with np.errstate(divide="ignore", invalid="ignore"):  # lead 0 of an unperturbed control: 0 / 0
+        ssr = np.sqrt((mcount + 1) / np.where(mcount > 0, mcount, np.nan)) * spread / np.sqrt(mse)
     dims5 = ("time", "prediction_timedelta", "channel", "latitude", "longitude")
     leads = np.arange(nl) * plan.step.astype("timedelta64[ns]")
     data: dict[str, Any] = {

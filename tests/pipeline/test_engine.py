@@ -172,3 +172,14 @@ def test_config_errors_are_one_line(world, reference_run, tmp_path):
         run_forecast(base_config(world, output={"dtype": "float16"}), tmp_path / "f16")
     with pytest.raises(UserError, match="no data"):
         run_forecast(base_config(world, init_times=["2008-01-01T06"]), tmp_path / "early")
+
+
+def test_float16_refuses_tiny_channels(world, tmp_path):
+    cfg = base_config(world, output={"dtype": "float16", "variables": ["vo500"]})
+    with pytest.raises(UserError, match="float16 cannot hold vo500"):
+        run_forecast(cfg, tmp_path / "f16")
+    cfg = base_config(world, output={"dtype": "float16", "variables": ["u500"]}, init_times=["2008-01-02T00"])
+    cfg["inline"] = {"enabled": False}
+    run_forecast(cfg, tmp_path / "f16u")
+    ds = open_forecast(tmp_path / "f16u")
+    assert ds["u500"].dtype == np.float16 and "z500" not in ds
