@@ -183,3 +183,44 @@ def test_float16_refuses_tiny_channels(world, tmp_path):
     run_forecast(cfg, tmp_path / "f16u")
     ds = open_forecast(tmp_path / "f16u")
     assert ds["u500"].dtype == np.float16 and "z500" not in ds
+
+
+def test_real_sfno_checkpoints_default_loader(world, tmp_path):
+    """Integration with models: random tiny SFNO checkpoints, loaded by models.checkpoint."""
+    import torch
+
+    from models.checkpoint import save_checkpoint
+    from models.wrapper import build_model
+    from pipeline.testing import CHANNELS, MEANS, STDS, grid
+
+    lat, lon = grid()
+    stats = {
+        "mean": [MEANS[c] for c in CHANNELS],
+        "std": [STDS[c] for c in CHANNELS],
+        "tendency_std": [0.1 * STDS[c] for c in CHANNELS],
+    }
+    arch = {"in_chans": 4, "out_chans": 4, "embed_dim": 8, "num_layers": 1, "lmax": 16, "mmax": 16}
+    skill = {"lead_hours": [24, 48], "rmse": {c: [0.3 * STDS[c], 0.5 * STDS[c]] for c in CHANNELS}}
+    ckpts = []
+    for s in range(2):
+        m = build_model(arch, list(CHANNELS), lat, lon, stats, (), generator=torch.Generator().manual_seed(s))
+        ckpts.append(str(save_checkpoint(m, tmp_path / "sfno" / f"seed-{s}", skill=skill)))
+    cfg = base_config(
+        world, init_times=["2008-01-02T00"], lead_steps=2, batch_size=2, inline={"enabled": False}
+    )
+    cfg.pop("model_loader")
+    cfg["checkpoints"] = str(tmp_path / "sfno")  # a folder of checkpoints
+    cfg["perturbation"] = {"method": "bred", "n_pairs": 2}
+    s = run_forecast(cfg, tmp_path / "run")
+    assert s["complete"] and s["block"] == 2
+    ds = open_forecast(tmp_path / "run")
+    assert ds.sizes["number"] == 8 and np.isfinite(ds["z500"].values).all()
+    again = regenerate_members(tmp_path / "run", [3, 6])
+    assert np.array_equal(again["u500"].values, ds["u500"].sel(number=[3, 6]).values)
+    # bred amplitude: alpha x the checkpoint's 48 h RMSE from skill.json, at lead 0
+    z0 = ds["z500"].isel(time=0, prediction_timedelta=0).values
+    ana = xr.open_zarr(world["analysis"])["z500"].sel(time="2008-01-02T00").values
+    w = np.cos(np.deg2rad(ds.latitude.values))[:, None]
+    north = ds.latitude.values >= 20
+    rms = np.sqrt(((z0[0] - ana)[north] ** 2 * w[north]).sum() / (w[north].sum() * 64))
+    assert abs(rms / (0.35 * 0.5 * STDS["z500"]) - 1) < 0.05
