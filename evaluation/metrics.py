@@ -165,6 +165,38 @@ def _prepare(forecast: Any, obs: Any, member_axis: int) -> tuple[Any, Any, Any]:
 # CRPS
 # ----------------------------------------------------------------------------------------------------
 
+#: Points are processed in blocks of about this many member values, so the float64 temporaries of the
+#: sorted-form CRPS stay bounded (about 50 MB) whatever the field size.
+CHUNK_ELEMENTS = 2**20
+
+
+def _flatten_points(forecast: Any, obs: Any, member_axis: int) -> tuple[Any, Any, tuple[int, ...]]:
+    """``(f (P, M), y (P,), point_shape)`` in the input dtype (broadcast, members last)."""
+    if _is_torch(forecast):
+        f = forecast
+    else:
+        f = np.asarray(forecast)
+        if not np.issubdtype(f.dtype, np.floating):
+            f = f.astype(np.float64)
+    if f.ndim == 0:
+        raise UserError("forecast must have a member axis")
+    f = _moveaxis(f, member_axis, -1)
+    y = _as_backend(obs, f)
+    if _is_torch(y) and not y.is_floating_point():
+        y = y.to(torch.float64)
+    point_shape = tuple(np.broadcast_shapes(tuple(f.shape[:-1]), tuple(y.shape)))
+    m = int(f.shape[-1])
+    if _is_torch(f):
+        return f.expand(*point_shape, m).reshape(-1, m), y.expand(*point_shape).reshape(-1), point_shape
+    f2 = np.broadcast_to(f, (*point_shape, m)).reshape(-1, m)
+    return f2, np.broadcast_to(y, point_shape).reshape(-1), point_shape
+
+
+def _concat(parts: list[Any], like: Any) -> Any:
+    if _is_torch(like):
+        return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64, device=like.device)
+    return np.concatenate(parts) if parts else np.zeros(0)
+
 
 def _crps_sums(f: Any, y: Any) -> tuple[Any, Any, Any]:
     """Per point: (effective member count m, sum_i |x_i - y|, sum_{i<j} |x_j - x_i|).
@@ -200,7 +232,23 @@ def crps_components(
 
     Returns NaN where the observation is NaN, where every member is NaN, and (fair only) where ``m < 2``.
     """
-    f, y, dtype = _prepare(forecast, obs, member_axis)
+    dtype = _out_dtype(forecast)
+    f, y, point_shape = _flatten_points(forecast, obs, member_axis)
+    n_points, n_members = int(f.shape[0]), int(f.shape[-1])
+    rows = max(1, CHUNK_ELEMENTS // max(1, n_members))
+    skill_parts, spread_parts = [], []
+    for start in range(0, n_points, rows):
+        fc, yc = _f64(f[start : start + rows]), _f64(y[start : start + rows])
+        sk, sp = _crps_terms(fc, yc, fair)
+        skill_parts.append(sk)
+        spread_parts.append(sp)
+    skill = _concat(skill_parts, like=f).reshape(point_shape)
+    spread = _concat(spread_parts, like=f).reshape(point_shape)
+    return _cast(skill, dtype), _cast(spread, dtype)
+
+
+def _crps_terms(f: Any, y: Any, fair: bool) -> tuple[Any, Any]:
+    """(skill, spread) in float64 for members-last ``f`` and point-shaped ``y``."""
     m, skill_sum, pair_sum = _crps_sums(f, y)
     nan = float("nan")
     skill = _where((m > 0) & ~_isnan(y), skill_sum / _where(m > 0, m, 1.0), nan)
@@ -210,7 +258,7 @@ def crps_components(
     else:
         spread = _where(m > 0, 2.0 * pair_sum / _where(m > 0, m * m, 1.0), nan)
     spread = _where(_isnan(y), nan, spread)
-    return _cast(skill, dtype), _cast(spread, dtype)
+    return skill, spread
 
 
 def crps_ensemble(forecast: Array, obs: Array | float, member_axis: int = 0, fair: bool = True) -> Array:

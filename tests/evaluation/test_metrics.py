@@ -124,6 +124,17 @@ def test_crps_torch_numpy_agree(rng: np.random.Generator) -> None:
         np.testing.assert_allclose(t.numpy(), n, rtol=1e-6)
 
 
+def test_crps_point_blocks_join_exactly(rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch) -> None:
+    f = rng.normal(size=(7, 5, 11)).astype(np.float32)
+    y = rng.normal(size=(5, 11)).astype(np.float32)
+    whole = M.crps_ensemble(f, y)
+    monkeypatch.setattr(M, "CHUNK_ELEMENTS", 20)  # blocks of 2 points
+    np.testing.assert_array_equal(M.crps_ensemble(f, y), whole)
+    np.testing.assert_allclose(
+        M.crps_ensemble(torch.from_numpy(f), torch.from_numpy(y)).numpy(), whole, rtol=1e-6
+    )
+
+
 def test_crps_components(rng: np.random.Generator) -> None:
     f = rng.normal(size=(10, 50))
     y = rng.normal(size=50)
