@@ -101,6 +101,10 @@ def score_cmd(
     ),
     workers: int = typer.Option(2, "--workers", help="Workers of --scheduler local."),
     seed: int = typer.Option(0, "--seed", help="Seed of the rank-histogram tie-breaking."),
+    lat_chunk: int | None = typer.Option(
+        None, "--lat-chunk", help="Latitude rows per task (default: ~128 MiB)."
+    ),
+    time_chunk: int = typer.Option(1, "--time-chunk", help="Initialisations per task (fewer, larger tasks)."),
 ) -> None:
     """Score an ensemble forecast store against truth (fair CRPS, RMSE, spread, ranks, ...)."""
     from evaluation.score import DEFAULT_REGIONS, score_forecast, write_scores
@@ -125,6 +129,8 @@ def score_cmd(
             per_init=per_init,
             seed=seed,
             reference=ref,
+            lat_chunk=lat_chunk,
+            time_chunk=time_chunk,
         )
     path = write_scores(scores, out)
     typer.echo(f"scores: {path} and {path.with_suffix('.csv')}")
@@ -143,13 +149,22 @@ def report_cmd(
         None, "--baseline", help="Baseline of the scorecards (default: first found)."
     ),
     region: str = typer.Option("global", "--region", help="Region of the summary, curves and scorecards."),
+    variables: list[str] = typer.Option([], "--variables", help="Variables to show (default: all scored)."),
 ) -> None:
     """Write an HTML report (scorecards, score curves, rank histograms, maps) from scores."""
     from evaluation.report import write_report
 
     if truth is not None and forecast is None:
         raise UserError("--truth needs --forecast")
-    path = write_report(scores, out, forecast=forecast, truth=truth, baseline=baseline, region=region)
+    path = write_report(
+        scores,
+        out,
+        forecast=forecast,
+        truth=truth,
+        baseline=baseline,
+        region=region,
+        variables=_split(variables),
+    )
     typer.echo(f"report: {path}")
 
 

@@ -108,6 +108,9 @@ def write_report(
         raise UserError(f"baseline {baseline!r} not among the scored forecasts: {', '.join(labels)}")
     all_vars = [str(v) for v in ds["variable"].values]
     variables = list(variables or all_vars)
+    unknown = [v for v in variables if v not in all_vars]
+    if unknown:
+        raise UserError(f"variable(s) {', '.join(unknown)} not in the scores ({', '.join(all_vars)})")
     if region not in [str(r) for r in ds["region"].values]:
         raise UserError(f"region {region!r} not in the scores")
     figs = _Figures(out)

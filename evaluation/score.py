@@ -715,6 +715,8 @@ def score_forecast(
     Dataset with dims ``forecast x variable x prediction_timedelta x region`` (+ ``rank``,
     ``threshold``, ``prob_level``); one data variable per metric (see the module docstring).
     """
+    if time_chunk < 1 or (lat_chunk is not None and lat_chunk < 1) or target_chunk_bytes < 1:
+        raise UserError("time_chunk, lat_chunk and target_chunk_bytes must be positive")
     fc = open_forecast(forecast)
     fcn = normalize_forecast(fc)
     if variables is not None:

@@ -93,7 +93,20 @@ def test_cli_score_and_report(stores: tuple[Path, Path], tmp_path: Path) -> None
     table = pd.read_csv(out.with_suffix(".csv"))
     assert set(table["forecast"]) == {"forecast", "persistence"}
     rep = tmp_path / "rep"
-    rc = main(["report", str(out), "--out", str(rep), "--forecast", str(fpath), "--truth", str(tpath)])
+    rc = main(
+        [
+            "report",
+            str(out),
+            "--out",
+            str(rep),
+            "--forecast",
+            str(fpath),
+            "--truth",
+            str(tpath),
+            "--variables",
+            "t850",
+        ]
+    )
     assert rc == 0
     page = (rep / "report.html").read_text()
     pngs = sorted(p.name for p in rep.glob("*.png"))
@@ -101,15 +114,16 @@ def test_cli_score_and_report(stores: tuple[Path, Path], tmp_path: Path) -> None
     assert pngs == referenced
     for kind in (
         "scorecard_crps",
-        "crps_z500",
+        "crps_t850",
         "rank_t850",
         "reliability_t850_0",
-        "maps_z500",
+        "maps_t850",
         "plume_t850",
-        "spectra_z500",
-        "efi_z500",
+        "spectra_t850",
+        "efi_t850",
     ):
         assert f"{kind}.png" in pngs, kind
+    assert not any("z500" in n for n in pngs)
     for name in pngs:
         data = (rep / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 2000
