@@ -34,7 +34,9 @@ _LAZY = {
     "probabilistic_climatology": "evaluation.baselines",
     "persistence": "evaluation.baselines",
     "deterministic_member": "evaluation.baselines",
+    "make_baseline": "evaluation.baselines",
     "scorecard": "evaluation.scorecard",
+    "relative_score": "evaluation.scorecard",
     "write_report": "evaluation.report",
 }
 
