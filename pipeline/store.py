@@ -12,7 +12,7 @@ Storage dtypes (error measured in docs/engine.md):
 * ``float16``: relative error <= 2**-11 for normal numbers; values with ``|x| > 65504`` overflow and
   ``|x| < 6.1e-5`` lose precision (subnormals): refused for channels whose range does not fit.
 * ``bfloat16``: float32 rounded to 8 significant bits (round to nearest even) and stored as float32
-  (readers see float32; zstd compresses the zero low bytes); relative error <= 2**-9.
+  (readers see float32; zstd compresses the zero low bytes); relative error <= 2**-8 (= keepbits 7).
 * ``keepbits=k``: float32 mantissa rounded to ``k`` bits (bit rounding, Klöwer et al. 2021);
   relative error <= 2**-(k+1).
 """
@@ -233,3 +233,22 @@ def open_forecast(path: str | Path, *, chunks: Any = None) -> xr.Dataset:
     if "wxens_config" in ds.attrs and isinstance(ds.attrs["wxens_config"], str):
         ds.attrs["wxens_config"] = json.loads(ds.attrs["wxens_config"])
     return ds
+
+
+def encoding_errors(
+    values: np.ndarray, encodings: list[tuple[str, int | None]] | None = None
+) -> dict[str, dict]:
+    """Measured relative error ``|enc(x) - x| / |x|`` (max and RMS over non-zero ``x``) of each
+    storage encoding ``(dtype, keepbits)``; the table of docs/engine.md comes from this."""
+    encodings = encodings or [("float16", None), ("bfloat16", None), ("float32", 12), ("float32", 4)]
+    x = np.asarray(values, dtype=np.float32)
+    nz = np.isfinite(x) & (x != 0)
+    out = {}
+    for dt_, kb in encodings:
+        e = encode(torch.from_numpy(x), dt_, kb).astype(np.float64)
+        rel = np.abs(e[nz] - x[nz]) / np.abs(x[nz].astype(np.float64))
+        out[dt_ if kb is None else f"keepbits={kb}"] = {
+            "max_rel": float(rel.max()),
+            "rms_rel": float(np.sqrt((rel**2).mean())),
+        }
+    return out

@@ -44,3 +44,14 @@ def test_encode_dtypes():
     b = encode(x, "bfloat16", None)
     assert b.dtype == np.float32 and np.all(b.view(np.uint32) & 0xFFFF == 0)
     np.testing.assert_allclose(encode(x, "float32", None), x.numpy(), rtol=0)
+
+
+def test_encoding_errors_report_within_bounds():
+    from pipeline.store import encoding_errors
+
+    rng = np.random.default_rng(0)
+    x = (5.4e4 + 600 * rng.normal(size=5000)).astype(np.float32)
+    rep = encoding_errors(x, [("bfloat16", None), ("float32", 12), ("float32", 23)])
+    assert 2.0**-9 < rep["bfloat16"]["max_rel"] <= 2.0**-8
+    assert rep["keepbits=12"]["max_rel"] <= 2.0**-13
+    assert rep["keepbits=23"]["max_rel"] == 0.0
