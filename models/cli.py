@@ -35,7 +35,11 @@ def train_command(
     rollout_iters: int = typer.Option(
         0, "--rollout-iters", help="Final iterations that use the unrolled loss."
     ),
-    no_doy: bool = typer.Option(False, "--no-doy", help="Do not feed day-of-year features."),
+    features: str = typer.Option(
+        "doy,sinlat,static:zs",
+        "--features",
+        help="Extra inputs: doy, sinlat, static:<field> (comma list; '' for none).",
+    ),
     save_every: int = typer.Option(100, "--save-every", help="Iterations between resumable training states."),
     threads: int = typer.Option(None, "--threads", help="torch CPU threads."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
@@ -58,7 +62,7 @@ def train_command(
         lr=lr,
         rollout_steps=rollout_steps,
         rollout_iters=rollout_iters,
-        features=() if no_doy else ("doy",),
+        features=tuple(f.strip() for f in features.split(",") if f.strip()),
         save_every=save_every,
         threads=threads,
     )

@@ -147,3 +147,24 @@ def monthly_climatology(block: Block) -> torch.Tensor:
 def month_index(times: np.ndarray) -> np.ndarray:
     """Calendar month (0..11) of each time."""
     return np.asarray(times).astype("datetime64[M]").astype(int) % 12
+
+
+def static_fields(ds: xr.Dataset, names: list[str], latitude: np.ndarray) -> np.ndarray | None:
+    """Static ``(latitude, longitude)`` fields (data variables or coordinates), each normalised to
+    area-weighted mean 0 and standard deviation 1; ``None`` when ``names`` is empty."""
+    if not names:
+        return None
+    from data_catalog.grid import area_weights
+
+    w = area_weights(latitude)[:, None]
+    out = []
+    for n in names:
+        if n not in ds.variables or tuple(ds[n].dims) != ("latitude", "longitude"):
+            raise UserError(
+                f"static input field '{n}' not found in the dataset (need a (latitude, longitude) variable)"
+            )
+        f = np.asarray(ds[n].values, dtype=np.float64)
+        mu = (f * w).mean() / w.mean()
+        sd = np.sqrt(((f - mu) ** 2 * w).mean() / w.mean())
+        out.append((f - mu) / (sd if sd > 0 else 1.0))
+    return np.stack(out).astype(np.float32)

@@ -45,6 +45,7 @@ from models.data import (
     load_years,
     monthly_climatology,
     open_dataset,
+    static_fields,
     statistics,
     time_step_of,
 )
@@ -69,7 +70,7 @@ class TrainConfig:
     lmax: int | None = None  # default: min(internal nlat, ceil(3 nlat / 4))
     mmax: int | None = None  # default: lmax
     mlp_ratio: float = 2.0
-    features: tuple[str, ...] = ("doy",)
+    features: tuple[str, ...] = ("doy", "sinlat", "static:zs")
     steps: int = 1000
     batch_size: int = 16
     lr: float = 2e-3
@@ -177,7 +178,11 @@ def prepare(cfg: TrainConfig, dataset: str | xr.Dataset | None = None) -> dict[s
     if step != np.timedelta64(6, "h"):
         raise UserError(f"dataset time step is {step.astype('timedelta64[h]')}, the SFNO wrapper needs 6 h")
     stats = statistics(train, area_weights(lat))
+    static = static_fields(
+        ds, [f.removeprefix("static:") for f in cfg.features if f.startswith("static:")], lat
+    )
     return {
+        "static": static,
         "dataset_id": dataset_id(dataset if dataset is not None else cfg.dataset),
         "channels": channels,
         "latitude": lat,
@@ -249,7 +254,16 @@ def train(
 
     init_gen = torch.Generator().manual_seed(int(cfg.seed))
     batch_gen = torch.Generator().manual_seed(int(cfg.seed) + 1_000_003)
-    model = build_model(arch, channels, lat, lon, p["stats"], tuple(cfg.features), generator=init_gen)
+    model = build_model(
+        arch,
+        channels,
+        lat,
+        lon,
+        p["stats"],
+        tuple(cfg.features),
+        static_fields=p["static"],
+        generator=init_gen,
+    )
     net = model.net
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start, elapsed, losses = 0, 0.0, []

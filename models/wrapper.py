@@ -8,7 +8,10 @@ with per-channel mean ``mu`` and standard deviation ``sigma`` of the state and `
 deviation of the 6-hour tendency ``x_{t+6h} - x_t`` over the training years (residual prediction as in
 Pathak et al. 2022 / Bonev et al. 2023). Optional input features: ``doy`` adds the two fields
 ``sin(2 pi d / 365.25)``, ``cos(2 pi d / 365.25)`` of the fractional day of year ``d`` of ``time``
-(the embedded world has a seasonal cycle); ``static:<name>`` adds a normalised static field.
+(the embedded world has a seasonal cycle); ``sinlat`` adds ``sin(latitude)`` (the Coriolis parameter's shape:
+the SFNO's layers are rotation-equivariant and would otherwise not know the latitude); ``static:<name>``
+adds a normalised static field such as the orography ``zs`` (it breaks the zonal symmetry where the
+mountains are).
 """
 
 from __future__ import annotations
@@ -86,7 +89,7 @@ class SFNOForecastModel:
             if np.asarray(arr).shape != (c,):
                 raise ValueError(f"{name} must have shape ({c},)")
         n_static = sum(f.startswith("static:") for f in self.features)
-        unknown = [f for f in self.features if f != "doy" and not f.startswith("static:")]
+        unknown = [f for f in self.features if f not in ("doy", "sinlat") and not f.startswith("static:")]
         if unknown:
             raise ValueError(f"unknown input features {unknown}")
         if n_static and (static_fields is None or static_fields.shape[0] != n_static):
@@ -162,6 +165,11 @@ class SFNOForecastModel:
             )
             sc = torch.stack([torch.sin(ang), torch.cos(ang)], dim=1)  # (B, 2)
             parts.append(sc[:, :, None, None].expand(batch, 2, nlat, nlon))
+        if "sinlat" in self.features:
+            sl = torch.sin(
+                torch.deg2rad(torch.as_tensor(self.latitude, dtype=torch.float32, device=self.device))
+            )
+            parts.append(sl.view(1, 1, nlat, 1).expand(batch, 1, nlat, nlon))
         if self._static is not None:
             parts.append(self._static[None].expand(batch, -1, -1, -1))
         return torch.cat(parts, dim=1)

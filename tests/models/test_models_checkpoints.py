@@ -53,7 +53,11 @@ def test_layout_and_metadata(trained: Path, tiny_world) -> None:
     assert meta["weights_sha256"] == sha256_file(trained / "weights.safetensors")
     assert meta["architecture"]["lmax"] == 8 and meta["architecture"]["mmax"] == 8
     assert meta["channels"] == ["z500", "u500", "v500", "vo500"]
-    assert meta["time_step_hours"] == 6.0 and meta["seed"] == 3 and meta["features"] == ["doy"]
+    assert (
+        meta["time_step_hours"] == 6.0
+        and meta["seed"] == 3
+        and meta["features"] == ["doy", "sinlat", "static:zs"]
+    )
     np.testing.assert_allclose(meta["grid"]["latitude"], tiny_world.latitude.values)
     assert meta["dataset"]["train_years"] == [2000, 2000]
     assert meta["code_version"] and meta["training"]["seconds"] > 0
@@ -75,6 +79,14 @@ def test_round_trip_gives_identical_forecasts(trained: Path, tiny_world) -> None
     t = tiny_world.time.values[100]
     torch.testing.assert_close(m.step(x, t), m2.step(x, t), rtol=0, atol=0)
     assert m.metadata["seed"] == 3
+    # the normalised orography travels in the safetensors file
+    from data_catalog.grid import area_weights
+
+    zs = tiny_world["zs"].values.astype(np.float64)
+    w = area_weights(tiny_world.latitude.values)[:, None] * np.ones_like(zs)
+    mu = np.average(zs, weights=w)
+    sd = np.sqrt(np.average((zs - mu) ** 2, weights=w))
+    np.testing.assert_allclose(m._static[0].numpy(), (zs - mu) / sd, rtol=1e-4, atol=1e-5)
     r48 = m.rmse_at(hours=48)
     assert set(r48) == set(m.channels) and r48["z500"] == m.skill["rmse"]["z500"][7]
     with pytest.raises(UserError):

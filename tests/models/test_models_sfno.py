@@ -120,6 +120,23 @@ def test_day_of_year_features() -> None:
         m.step(torch.zeros(1, 3, 16, 32), np.datetime64("2001-01-01"))
 
 
+def test_latitude_and_static_features() -> None:
+    stat = np.random.default_rng(0).standard_normal((1, 16, 32)).astype(np.float32)
+    net = _net(in_chans=8)
+    std = np.ones(4)
+    m = SFNOForecastModel(
+        net, CH, LAT, LON, np.zeros(4), std, std, features=("doy", "sinlat", "static:zs"), static_fields=stat
+    )
+    f = m.feature_fields(np.datetime64("2001-01-01"), 3)
+    assert f.shape == (3, 4, 16, 32)
+    np.testing.assert_allclose(f[2, 2, :, 5].numpy(), np.sin(np.deg2rad(LAT)), atol=1e-6)
+    np.testing.assert_array_equal(f[1, 3].numpy(), stat[0])
+    with pytest.raises(ValueError, match="static"):
+        SFNOForecastModel(net, CH, LAT, LON, np.zeros(4), std, std, features=("doy", "sinlat", "static:zs"))
+    with pytest.raises(ValueError, match="unknown"):
+        SFNOForecastModel(net, CH, LAT, LON, np.zeros(4), std, std, features=("moon",))
+
+
 def test_to_device_and_bf16_flag_are_harmless_on_cpu() -> None:
     m, m2 = _model(), _model()
     m2.autocast_bf16 = True
