@@ -107,7 +107,7 @@ def read_json(path: Path) -> dict[str, Any] | None:
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def locked(path: Path) -> Iterator[None]:
     """An exclusive advisory lock on ``path`` (shards of one stage may finish at the same time)."""
     make_dir(path.parent)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
@@ -136,6 +136,7 @@ class StageContext:
     shard: tuple[int, int] = (0, 1)
     log_file: Path | None = None
     upstream: dict[str, dict[str, Any]] = field(default_factory=dict)
+    config_hash: str = ""
 
     def path(self, rel: str | Path) -> Path:
         """A path inside the run directory (absolute paths are kept)."""
@@ -318,7 +319,7 @@ def _update_provenance(
     run_dir: Path, workflow: Workflow, stage: str | None, timing: dict[str, Any] | None
 ) -> None:
     path = Path(run_dir) / "provenance.json"
-    with _locked(Path(run_dir) / ".provenance.lock"):
+    with locked(Path(run_dir) / ".provenance.lock"):
         prov = read_json(path) or {"created": _now(), "stages": {}}
         prov.update(
             {
@@ -407,7 +408,7 @@ def _finalise_stage(
     run_dir: Path, stage: str, digest: str, n: int, started_this: float
 ) -> dict[str, Any] | None:
     """Write the stage record once every shard of a split into ``n`` is done for ``digest``."""
-    with _locked(run_dir / "stages" / f".{stage}.lock"):
+    with locked(run_dir / "stages" / f".{stage}.lock"):
         recs = {k: v for k, v in shard_records(run_dir, stage).items() if k[1] == n}
         if len(recs) < n or any(
             r.get("status") != "done" or r.get("config_hash") != digest for r in recs.values()
@@ -482,7 +483,13 @@ def run_stage(
 
     log_file = log_path(run_dir, stage, shard)
     ctx = StageContext(
-        workflow=workflow, run_dir=run_dir, stage=stage, shard=shard, log_file=log_file, upstream=upstream
+        workflow=workflow,
+        run_dir=run_dir,
+        stage=stage,
+        shard=shard,
+        log_file=log_file,
+        upstream=upstream,
+        config_hash=digest,
     )
     base = {"stage": stage, "shard": [i, n], "config_hash": digest, "config": config_subset(workflow, spec)}
     started, t0 = _now(), time.perf_counter()

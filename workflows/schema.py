@@ -263,7 +263,11 @@ class Perturbation(_Model):
 class ForecastOutput(_Model):
     """Where and how the ensemble is written (WeatherBench2 zarr layout)."""
 
-    path: str = Field("forecast.zarr", description="Store path, relative to run_dir unless absolute.")
+    path: str | None = Field(
+        None,
+        description="Store path (relative to run_dir unless absolute); null = forecast/forecast.zarr, "
+        "beside the engine's manifest.",
+    )
     variables: StrList | None = Field(None, description="Channels written; null = all model channels.")
     dtype: Literal["float32", "float16"] = Field("float32", description="Stored data type.")
     members_per_chunk: PositiveInt | None = Field(None, description="Members per chunk; null = batch_size.")
@@ -287,6 +291,11 @@ class ForecastSection(_Model):
         "a folder of checkpoints or a list of checkpoint folders.",
     )
     max_checkpoints: PositiveInt | None = Field(None, description="Use only the first N checkpoints.")
+    model_loader: str = Field(
+        "models.checkpoint:load_checkpoint",
+        pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
+        description="`module:function` that loads one checkpoint folder into a ForecastModel.",
+    )
     members: PositiveInt = Field(
         16, description="Members per checkpoint: 2 x pairs, or 1 without perturbation."
     )
@@ -351,7 +360,9 @@ class ModelClimateSection(_Model):
     lead_time: DurationStr | None = Field(
         None, description="Length of each reforecast (default: forecast's)."
     )
-    output: str = Field("model_climate.zarr", description="Store path, relative to run_dir.")
+    output: str | None = Field(
+        None, description="Store path (relative to run_dir); null = model_climate/forecast.zarr."
+    )
 
 
 class DaskSlurm(_Model):
@@ -418,6 +429,11 @@ class ReportSection(_Model):
 
     enabled: bool = Field(True, description="Run the report stage.")
     title: str | None = Field(None, description="Report title; null = the workflow name.")
+    variables: StrList | None = Field(None, description="Variables shown; null = every scored variable.")
+    region: str = Field("global", description="Region of the scorecards and curves.")
+    baseline: str | None = Field(
+        None, description="Reference of the scorecards; null = climatology, else the first baseline scored."
+    )
     output: str = Field("report", description="Folder (relative to run_dir) receiving report.html.")
 
 

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from data_catalog.errors import UserError
-from workflows.runner import StageContext, StageSpec, write_json
+from workflows.runner import StageContext, StageSpec, locked, make_dir, write_json, write_text_atomic
 from workflows.schema import Workflow, to_datetime64, to_timedelta64
 
 logger = logging.getLogger(__name__)
@@ -143,18 +143,32 @@ def _call_write_scores(scores: Any, path: Path) -> Path:
     return Path(evaluation.write_scores(scores, path))
 
 
-def _call_write_report(scores_path: Path, out_dir: Path, title: str, extra: Mapping[str, Any]) -> Path:
-    from evaluation import open_scores
+def _call_write_report(
+    scores_path: Path, out_dir: Path, workflow: Workflow, forecast: Path | None, truth: str | None
+) -> Path:
     from evaluation.report import write_report
 
-    return Path(write_report(open_scores(scores_path), out_dir, title=title, **extra))
+    r = workflow.report
+    return Path(
+        write_report(
+            scores_path,
+            out_dir,
+            forecast=forecast,
+            truth=truth,
+            title=r.title or workflow.name,
+            variables=r.variables,
+            region=r.region,
+            baseline=r.baseline,
+        )
+    )
 
 
 # --------------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------------
 def _is_checkpoint(path: Path) -> bool:
-    return (path / "weights.safetensors").is_file() or (path / "metadata.json").is_file()
+    """A checkpoint folder holds weights and metadata (docs/architecture.md), or at least its skill."""
+    return any((path / name).is_file() for name in ("weights.safetensors", "metadata.json", "skill.json"))
 
 
 def resolve_checkpoints(workflow: Workflow, run_dir: Path) -> list[Path]:
@@ -201,13 +215,17 @@ def forecast_config(
     amp = dict(p.amplitude) if p.amplitude else (dict(amplitude) if amplitude else None)
     if amp:
         pert["amplitude"] = amp
-    output: dict[str, Any] = {"path": str(_abs(run_dir, f.output.path)), "dtype": f.output.dtype}
+    output: dict[str, Any] = {
+        "path": str(store_path(run_dir, "forecast", f.output.path)),
+        "dtype": f.output.dtype,
+    }
     if f.output.variables is not None:
         output["variables"] = list(f.output.variables)
     return {
         "analysis": workflow.data.source,
         "init_times": times,
         "checkpoints": [str(c) for c in resolve_checkpoints(workflow, run_dir)],
+        "model_loader": f.model_loader,
         "perturbation": pert,
         "lead_steps": f.steps(workflow.data.time_step),
         "batch_size": f.batch_size,
@@ -216,6 +234,14 @@ def forecast_config(
         "inline": {"enabled": f.inline_scoring.enabled},
         "seed": workflow.perturbation_seed(),
     }
+
+
+STORE_NAME = "forecast.zarr"  # the engine's store name inside its folder
+
+
+def store_path(run_dir: Path, folder: str, path: str | None) -> Path:
+    """Where a stage's store goes: ``path`` (relative to run_dir) or ``<folder>/forecast.zarr``."""
+    return _abs(run_dir, path) if path else Path(run_dir) / folder / STORE_NAME
 
 
 def _abs(run_dir: Path, rel: str) -> Path:
@@ -350,22 +376,49 @@ def stage_model_climate(ctx: StageContext) -> dict[str, Any]:
     cfg["inline"] = {"enabled": False}
     if mc.lead_time is not None:
         cfg["lead_steps"] = int(to_timedelta64(mc.lead_time) // to_timedelta64(w.data.time_step))
-    folder = ctx.mkdir("model_climate")
-    cfg["output"] = {"path": str(_abs(ctx.run_dir, mc.output)), "dtype": "float32"}
+    store = store_path(ctx.run_dir, "model_climate", mc.output)
+    cfg["output"] = {"path": str(store), "dtype": "float32"}
+    folder = _fresh_folder(ctx, "model_climate", [store])
     _call_run_forecast(cfg, folder, ctx.shard)
-    return {"outputs": {"model_climate": mc.output}}
+    return {"outputs": {"model_climate": _rel(ctx.run_dir, store)}}
+
+
+def _fresh_folder(ctx: StageContext, folder: str, stores: Sequence[Path]) -> Path:
+    """The engine's folder for this stage hash: a folder left by another configuration is removed
+    (with its stores) before the first shard starts; one of the same hash is kept (resume)."""
+    import shutil
+
+    path = ctx.path(folder)
+    with locked(ctx.run_dir / "stages" / f".{folder}-folder.lock"):
+        marker = path / "stage-hash"
+        old = marker.read_text().strip() if marker.is_file() else None
+        if path.exists() and old != ctx.config_hash:
+            logger.info("%s holds another configuration (%s); starting afresh", path, old)
+            shutil.rmtree(path)
+            for store in stores:
+                if store.exists() and not store.is_relative_to(path):
+                    shutil.rmtree(store)
+        make_dir(path)
+        if old != ctx.config_hash:
+            write_text_atomic(marker, ctx.config_hash + "\n")
+    return path
+
+
+def _amplitude(ctx: StageContext) -> dict[str, float] | None:
+    """Explicit amplitudes from the skill stage when recalibrated or referenced to another lead than 48 h
+    (otherwise the engine scales each checkpoint by its own 48 h RMSE)."""
+    w = ctx.workflow
+    skill_path = ctx.output_of("skill", "skill")
+    if skill_path is None or not (w.skill.calibrate or w.skill.reference_lead_hours != 48):
+        return None
+    return json.loads(skill_path.read_text()).get("amplitude") or None
 
 
 def stage_forecast(ctx: StageContext) -> dict[str, Any]:
     """Run this shard of the ensemble through the pipeline (which resumes from its manifest)."""
     w = ctx.workflow
-    amplitude = None
-    skill_path = ctx.output_of("skill", "skill")
-    if skill_path is not None and w.skill.calibrate:
-        amplitude = json.loads(skill_path.read_text()).get("amplitude")
-    cfg = forecast_config(w, ctx.run_dir, amplitude)
-    folder = ctx.mkdir("forecast")
-    write_json(folder / "forecast-config.json", cfg)
+    cfg = forecast_config(w, ctx.run_dir, _amplitude(ctx))
+    folder = _fresh_folder(ctx, "forecast", [Path(cfg["output"]["path"])])
     n_ckpt = len(cfg["checkpoints"])
     members = n_ckpt * w.forecast.members
     logger.info(
@@ -377,13 +430,15 @@ def stage_forecast(ctx: StageContext) -> dict[str, Any]:
         cfg["lead_steps"],
         *ctx.shard,
     )
-    _call_run_forecast(cfg, folder, ctx.shard)
-    return {
-        "outputs": {"forecast": _rel(ctx.run_dir, Path(cfg["output"]["path"]))},
+    summary = _call_run_forecast(cfg, folder, ctx.shard)
+    info: dict[str, Any] = {
         "members": members,
         "init_times": len(cfg["init_times"]),
         "lead_steps": cfg["lead_steps"],
     }
+    if isinstance(summary, Mapping):
+        info["engine"] = {k: v for k, v in summary.items() if isinstance(v, int | float | str | bool)}
+    return {"outputs": {"forecast": _rel(ctx.run_dir, Path(cfg["output"]["path"]))}, **info}
 
 
 def stage_score(ctx: StageContext) -> dict[str, Any]:
@@ -415,11 +470,8 @@ def stage_report(ctx: StageContext) -> dict[str, Any]:
     if scores is None or not scores.exists():
         raise UserError("no scores to report; run the score stage first")
     out_dir = ctx.mkdir(w.report.output)
-    extra: dict[str, Any] = {}
     fc = ctx.output_of("forecast", "forecast")
-    if fc is not None:
-        extra["forecast"] = fc
-    html = _call_write_report(scores, out_dir, w.report.title or w.name, extra)
+    html = _call_write_report(scores, out_dir, w, fc, w.score.truth or w.data.source)
     logger.info("report: %s", html)
     return {"outputs": {"report": _rel(ctx.run_dir, html)}}
 

@@ -1,0 +1,141 @@
+"""The real chain prepare -> skill -> forecast -> score -> report through the real pipeline and
+evaluation layers, on a small synthetic analysis with the engine's toy checkpoints (fast, no world
+build), checked against independent numbers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("pipeline.engine", reason="the pipeline engine is not committed yet")
+pytest.importorskip("evaluation.report", reason="the evaluation report is not committed yet")
+
+
+@pytest.fixture(scope="module")
+def e2e_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Run the whole workflow once for the module: returns (workflow file, run dir)."""
+    import torch
+
+    from pipeline.testing import CHANNELS, STDS, synthetic_analysis, write_toy_checkpoint
+    from workflows.cli import main
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("e2e")
+    synthetic_analysis(start="2008-01-01T00", periods=40, seed=3).to_zarr(root / "analysis.zarr", mode="w")
+    for seed in (1, 2):
+        p = write_toy_checkpoint(root / "ckpts" / f"seed-{seed}", seed)
+        skill = {c: [0.2 * STDS[c], 0.4 * STDS[c], 0.5 * STDS[c]] for c in CHANNELS}
+        (p / "skill.json").write_text(json.dumps({"lead_hours": [6, 24, 48], "rmse": skill}))
+    wf = root / "wf.yaml"
+    wf.write_text(
+        f"""
+name: e2e
+run_dir: {root / "run"}
+seed: 5
+data:
+  source: {root / "analysis.zarr"}
+  test: {{start: 2008-01-01, end: 2008-01-10T18:00}}
+forecast:
+  checkpoints: {root / "ckpts"}
+  model_loader: pipeline.testing:load_toy_checkpoint
+  members: 4
+  init_times: [2008-01-02, 2008-01-04T12:00]
+  lead_steps: 8
+  batch_size: 4
+score:
+  baselines: [persistence]
+  dask: {{mode: threads}}
+report: {{variables: [z500]}}
+"""
+    )
+    assert main(["-q", "run", str(wf)]) == 0
+    return wf, root / "run"
+
+
+def test_chain_outputs_and_status(e2e_run, capsys) -> None:
+    from workflows.cli import main
+    from workflows.runner import read_stage_record
+
+    wf, run = e2e_run
+    for stage in ("prepare", "skill", "forecast", "score", "report"):
+        assert read_stage_record(run, stage)["status"] == "done", stage
+    assert (run / "report" / "report.html").is_file()
+    assert main(["status", str(run), "--json"]) == 0
+    rows = {r["stage"]: r for r in json.loads(capsys.readouterr().out)["stages"]}
+    fc = rows["forecast"]
+    assert fc["units"] == "4/4" and fc["members"] == 8 and fc["member_forecasts_written"] == 16
+    assert main(["info", str(run / "forecast" / "forecast.zarr"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["dims"]["number"] == 8 and info["dims"]["prediction_timedelta"] == 9
+    assert info["members"] == {"count": 8, "checkpoints": 2, "pairs": 2}
+    # a second run does nothing
+    assert main(["run", str(wf)]) == 0
+    out = capsys.readouterr()
+    assert out.err.count(": skipped") == 5 and f"report: {run / 'report' / 'report.html'}" in out.out
+
+
+def test_scores_match_independent_numbers(e2e_run) -> None:
+    import scoringrules as sr
+    import xarray as xr
+
+    import wxens
+    from data_catalog.grid import area_weights
+
+    _, run = e2e_run
+    fc = wxens.open_forecast(run / "forecast").load()
+    assert fc.attrs["wxens_complete"]
+    truth = wxens.open_reanalysis(str(Path(run).parent / "analysis.zarr")).load()
+    scores = wxens.open_scores(run / "scores.zarr")
+    w = area_weights(fc["latitude"].values)[:, None] * np.ones(fc.sizes["longitude"])
+    lead = 4
+    td = fc["prediction_timedelta"].values[lead]
+    x = fc["z500"].isel(prediction_timedelta=lead).values  # (init, member, lat, lon)
+    y = np.stack([truth["z500"].sel(time=t + td).values for t in fc["time"].values])
+    y0 = np.stack([truth["z500"].sel(time=t).values for t in fc["time"].values])
+    rmse = np.sqrt(np.mean([np.average((x[i].mean(0) - y[i]) ** 2, weights=w) for i in range(len(y))]))
+    crps = np.mean(
+        [
+            np.average(sr.crps_ensemble(y[i], x[i], m_axis=0, estimator="fair"), weights=w)
+            for i in range(len(y))
+        ]
+    )
+    persistence = np.sqrt(np.mean([np.average((y0[i] - y[i]) ** 2, weights=w) for i in range(len(y))]))
+    sel = {"variable": "z500", "region": "global", "prediction_timedelta": td}
+    assert float(scores["rmse"].sel(forecast="e2e", **sel)) == pytest.approx(rmse, rel=1e-4)
+    assert float(scores["crps"].sel(forecast="e2e", **sel)) == pytest.approx(crps, rel=1e-4)
+    assert float(scores["rmse"].sel(forecast="persistence", **sel)) == pytest.approx(persistence, rel=1e-4)
+    assert isinstance(truth, xr.Dataset) and rmse > 0
+
+
+def test_members_follow_the_layout(e2e_run) -> None:
+    import wxens
+
+    _, run = e2e_run
+    fc = wxens.open_forecast(run / "forecast")
+    np.testing.assert_array_equal(fc["checkpoint"].values, [0, 0, 0, 0, 1, 1, 1, 1])
+    np.testing.assert_array_equal(fc["sign"].values, [1, -1, 1, -1, 1, -1, 1, -1])
+    x = fc["z500"].isel(time=0, prediction_timedelta=0).values
+    # +/- pairs are symmetric about the unperturbed analysis at lead 0
+    np.testing.assert_allclose((x[0] + x[1]) / 2, (x[2] + x[3]) / 2, rtol=1e-5)
+    assert np.abs(x[0] - x[1]).max() > 0
+
+
+def test_changed_config_restarts_forecast_cleanly(e2e_run, tmp_path: Path) -> None:
+    """Changing members reruns forecast into a fresh engine folder (no 'different config' error)."""
+    from workflows.runner import run_stage
+    from workflows.schema import load_workflow_text
+
+    wf, run = e2e_run
+    text = wf.read_text().replace("members: 4", "members: 2").replace(str(run), str(tmp_path / "run2"))
+    import shutil
+
+    shutil.copytree(run, tmp_path / "run2")
+    w = load_workflow_text(text)
+    res = run_stage(w, tmp_path / "run2", "forecast")
+    assert res.status == "done"
+    import wxens
+
+    assert wxens.open_forecast(tmp_path / "run2" / "forecast").sizes["number"] == 4
