@@ -224,3 +224,25 @@ def test_real_sfno_checkpoints_default_loader(world, tmp_path):
     north = ds.latitude.values >= 20
     rms = np.sqrt(((z0[0] - ana)[north] ** 2 * w[north]).sum() / (w[north].sum() * 64))
     assert abs(rms / (0.35 * 0.5 * STDS["z500"]) - 1) < 0.05
+
+
+def test_member_and_variable_subsets(world, reference_run, tmp_path):
+    cfg = dict(reference_run["config"])
+    cfg["output"] = {"members": [13, 2, 5], "variables": ["u500"], "dtype": "bfloat16"}
+    cfg["inline"] = {"enabled": False}
+    s = run_forecast(cfg, tmp_path / "subset")
+    assert s["complete"]
+    ds = open_forecast(tmp_path / "subset")
+    assert ds["number"].values.tolist() == [2, 5, 13] and list(ds.data_vars) == [
+        "nonfinite_step",
+        "u500",
+        "nonfinite",
+    ]
+    assert ds["u500"].encoding["chunks"][1] == 1
+    ref = open_forecast(reference_run["run_dir"])["u500"].sel(number=[2, 5, 13]).values
+    import torch
+
+    want = torch.from_numpy(ref).to(torch.bfloat16).to(torch.float32).numpy()
+    assert np.array_equal(ds["u500"].values, want)
+    np.testing.assert_array_equal(ds["checkpoint"].values, [0, 0, 1])
+    np.testing.assert_array_equal(ds["sign"].values, [1, -1, -1])
