@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import xarray as xr
-from models_helpers import synthetic_world
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # models_helpers, however pytest is invoked
+from models_helpers import synthetic_world  # noqa: E402
 
 
 @pytest.fixture(scope="session")
