@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+# Test helper modules (e.g. tests/data_catalog/dc_stores.py) are importable by their bare names.
+for _sub in sorted(Path(__file__).parent.iterdir()):
+    if _sub.is_dir() and not _sub.name.startswith((".", "_")) and str(_sub) not in sys.path:
+        sys.path.append(str(_sub))
 REALDATA = Path(os.environ.get("WXENS_REALDATA", REPO.parent / "shared" / "realdata"))
 
 
