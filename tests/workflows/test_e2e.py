@@ -139,3 +139,24 @@ def test_changed_config_restarts_forecast_cleanly(e2e_run, tmp_path: Path) -> No
     import wxens
 
     assert wxens.open_forecast(tmp_path / "run2" / "forecast").sizes["number"] == 4
+
+
+def test_notebook_runs_against_the_run(e2e_run, monkeypatch: pytest.MonkeyPatch) -> None:
+    """workflows/notebooks/explore_ensemble.ipynb executes top to bottom and draws its two figures."""
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("ipykernel")
+
+    _, run = e2e_run
+    repo = Path(__file__).resolve().parents[2]
+    monkeypatch.setenv("WXENS_RUN_DIR", str(run))
+    nb = nbformat.read(repo / "workflows" / "notebooks" / "explore_ensemble.ipynb", as_version=4)
+    client = nbclient.NotebookClient(
+        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(repo)}}
+    )
+    client.execute()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 2  # plume and scorecard
+    text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    assert "8 members = 2 checkpoints x 4 per checkpoint" in text and "scored: ['e2e', 'persistence']" in text
