@@ -74,13 +74,13 @@ class ForecastConfig(_Strict):
     init_times: list[str] | InitRange
     checkpoints: list[str] | str
     model_loader: str = "models.checkpoint:load_checkpoint"
-    perturbation: PerturbationConfig = Field(default_factory=PerturbationConfig)
+    perturbation: PerturbationConfig = PerturbationConfig.model_validate({})  # copied per instance
     lead_steps: int = Field(..., ge=0)
     batch_size: int | Literal["auto"] = "auto"
     device: str = "cpu"
     bf16: bool = False
-    output: OutputConfig = Field(default_factory=OutputConfig)
-    inline: InlineConfig = Field(default_factory=InlineConfig)
+    output: OutputConfig = OutputConfig.model_validate({})
+    inline: InlineConfig = InlineConfig.model_validate({})
     seed: int = Field(0, ge=0)
     progress: bool = True
 

@@ -374,7 +374,7 @@ def analyses_for(
             f"{np.datetime_as_string(init, 'm')})"
         )
     arr = np.stack([ds[c].sel(time=times).values for c in plan.channels], axis=1).astype(np.float32)
-    return torch.from_numpy(arr).to(device), [np.datetime64(t, "ns") for t in times]
+    return torch.from_numpy(arr).to(device), [np.asarray(t).astype("datetime64[ns]")[()] for t in times]
 
 
 def verifying_truth(ds: xr.Dataset, plan: Plan, init: np.datetime64) -> np.ndarray:
@@ -386,7 +386,7 @@ def verifying_truth(ds: xr.Dataset, plan: Plan, init: np.datetime64) -> np.ndarr
     )
     avail = set(ds["time"].values.tolist())
     for lead in range(plan.lead_steps + 1):
-        t = np.datetime64(init + lead * plan.step, "ns")
+        t = np.asarray(init + lead * plan.step).astype("datetime64[ns]")[()]
         if t.astype("int64") in avail or t in ds["time"].values:
             out[lead] = np.stack([ds[c].sel(time=t).values for c in plan.channels]).astype(np.float32)
     return out

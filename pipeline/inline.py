@@ -47,6 +47,7 @@ def power_spectrum(x: np.ndarray, latitude: np.ndarray) -> np.ndarray:
     ``a_lm`` by quadrature with the cell-bound area weights (exact for band-limited fields on fine
     grids, approximate on coarse ones); ``sum_l E_l`` approximates ``int f^2 dOmega`` (Parseval).
     """
+    ev_ps: Any
     try:  # the evaluation layer's kernel (normalised so that sum_l P(l) = area mean of f^2)
         from evaluation.spectra import power_spectrum as ev_ps
     except ImportError:  # pragma: no cover - fallback while evaluation.spectra is absent
@@ -135,7 +136,7 @@ class UnitScorer:
         arrays["members"] = self.members
         arrays["first_bad"] = first_bad
         with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
+            np.savez(f, **arrays)  # type: ignore[arg-type]
         tmp.replace(self.run_dir / rel)
         files = [rel]
         if self.spill is not None:

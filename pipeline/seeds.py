@@ -23,7 +23,7 @@ _TIME_OFFSET = 2**40
 
 def time_seconds(time: np.datetime64) -> int:
     """Whole seconds since the epoch, offset by ``2**40`` (non-negative for any plausible date)."""
-    return int(np.datetime64(time, "s").astype(np.int64)) + _TIME_OFFSET
+    return int(np.asarray(time).astype("datetime64[s]").astype(np.int64)) + _TIME_OFFSET
 
 
 def derive_seed(run_seed: int, time: np.datetime64, checkpoint: int, pair: int, purpose: int = 0) -> int:

@@ -144,9 +144,10 @@ class StoreWriter:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self.group = zarr.open_group(str(self.path), mode="r+")
-        self.attrs = dict(self.group.attrs)
-        numbers = np.asarray(self.group["number"][:])
+        group: Any = zarr.open_group(str(self.path), mode="r+")
+        self.group = group
+        self.attrs: dict[str, Any] = dict(self.group.attrs)
+        numbers = np.asarray(group["number"][:])
         self._index = {int(n): i for i, n in enumerate(numbers)}
         self.chunk_members = int(self.attrs["wxens_chunk_members"])
         self.dtype = str(self.attrs["wxens_dtype"])

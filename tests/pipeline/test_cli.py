@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import yaml
-from conftest import base_config
 
+from tests.pipeline.conftest import base_config
 from workflows.cli import main
 
 

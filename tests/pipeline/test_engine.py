@@ -10,11 +10,11 @@ import time
 import numpy as np
 import pytest
 import xarray as xr
-from conftest import base_config, digest, spawn
 
 from data_catalog.errors import UserError
 from pipeline import open_forecast, regenerate_members, run_forecast, verify
 from pipeline.manifest import UnitLock
+from tests.pipeline.conftest import base_config, digest, spawn
 
 
 def test_store_layout_and_coords(reference_run):

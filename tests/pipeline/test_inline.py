@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import xarray as xr
-from conftest import base_config
 
 from data_catalog.grid import area_weights
 from evaluation.metrics import crps_ensemble
 from pipeline import open_forecast, run_forecast
+from tests.pipeline.conftest import base_config
 
 CH = ["z500", "u500", "v500", "vo500"]
 
