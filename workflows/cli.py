@@ -187,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit code."""
     _register()
     try:
-        app(args=argv, standalone_mode=False)
+        # without standalone mode click *returns* the code of typer.Exit(n) instead of raising it
+        code = app(args=argv, standalone_mode=False)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -203,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
             return int(exc.exit_code)
         logging.getLogger("wxens").debug("unexpected error", exc_info=True)
         raise
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":  # pragma: no cover
