@@ -68,14 +68,17 @@ def test_killed_runs_resume_to_identical_output(world, reference_run, tmp_path):
     rng = random.Random(2024)
     kills = 0
     for attempt in range(3):
+        done_before = len(list((run_dir / "manifest").glob("*.json")))
         p = spawn(cfg_path, run_dir)
         if attempt == 0:
             time.sleep(rng.uniform(2.0, 4.0))  # during start-up or store creation
-        else:
+        else:  # once this process has finished a unit: mid-unit, mid-write or mid-manifest
             t0 = time.time()
-            while not list((run_dir / "manifest").glob("*.json")) and time.time() - t0 < 60:
-                time.sleep(0.05)
-            time.sleep(rng.uniform(0.0, 0.6))
+            while len(list((run_dir / "manifest").glob("*.json"))) <= done_before and time.time() - t0 < 60:
+                if p.poll() is not None:
+                    break
+                time.sleep(0.02)
+            time.sleep(rng.uniform(0.0, 0.4))
         if p.poll() is None:
             p.kill()  # SIGKILL
             kills += 1
