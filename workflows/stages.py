@@ -81,19 +81,59 @@ def _call_train(workflow: Workflow, seed: int, out_dir: Path) -> Path:
 def _call_checkpoint_skill(
     checkpoint: Path, workflow: Workflow, lead_hours: Sequence[int], samples: int
 ) -> dict[str, Any]:
-    """Latitude-weighted RMSE of one checkpoint on the validation years: ``{lead_hours, rmse{ch: []}}``."""
-    from models import skill as mskill
+    """Latitude-weighted RMSE of one checkpoint on the validation years, ``{lead_hours, rmse{ch: []}}``.
 
-    return dict(
-        mskill.checkpoint_skill(
-            checkpoint,
-            source=workflow.data.source,
-            time_range=(workflow.data.validation.start, workflow.data.validation.end),
-            lead_hours=list(lead_hours),
-            samples=samples,
-            seed=workflow.seed,
-        )
-    )
+    ``RMSE(l) = sqrt(mean_i sum_j w_j (f_ij(l) - y_ij(l))^2 / sum_j w_j)`` over ``samples`` initial
+    times ``i`` spread evenly over the validation years, area weights ``w``
+    (:func:`data_catalog.grid.area_weights`), any :class:`models.base.ForecastModel`.
+    """
+    import torch
+
+    from data_catalog.grid import area_weights
+
+    model = _load_model(workflow.forecast.model_loader, checkpoint)
+    channels = list(model.channels)
+    step = np.timedelta64(int(model.time_step.total_seconds()), "s").astype("timedelta64[ns]")
+    step_h = model.time_step.total_seconds() / 3600.0
+    bad = [h for h in lead_hours if h % step_h]
+    if bad:
+        raise UserError(f"skill.lead_hours {bad} are not multiples of the model step ({step_h:g} h)")
+    n = int(max(lead_hours) // step_h)
+    v = workflow.data.validation
+    ds = _call_open_reanalysis(workflow.data.source, channels, time=slice(v.start, v.end))
+    times = np.asarray(ds["time"].values).astype("datetime64[ns]")
+    ok = [i for i in range(len(times) - n) if times[i + n] - times[i] == n * step]
+    if not ok:
+        raise UserError(f"the validation years {v.start}..{v.end} hold no {n}-step window")
+    picks = np.unique(np.asarray(ok)[np.linspace(0, len(ok) - 1, min(samples, len(ok))).round().astype(int)])
+    need = np.unique((picks[:, None] + np.arange(n + 1)[None, :]).ravel())
+    sub = ds.isel(time=need)
+    data = np.stack([np.asarray(sub[c].values, dtype=np.float32) for c in channels], axis=1)
+    pos = {int(t): k for k, t in enumerate(need)}
+    w = torch.as_tensor(area_weights(np.asarray(ds["latitude"].values)), dtype=torch.float64)[:, None]
+    sq = torch.zeros(n, len(channels), dtype=torch.float64)
+    with torch.no_grad():
+        for i in picks:  # one init at a time: step() takes one valid time per batch
+            x = torch.from_numpy(data[pos[int(i)]][None]).to(model.device)
+            for k in range(n):
+                x = model.step(x, times[i + k])
+                y = torch.from_numpy(data[pos[int(i) + k + 1]][None])
+                err2 = (x.detach().cpu().double() - y.double()) ** 2
+                sq[k] += (err2 * w).mean(dim=(-2, -1))[0] / w.mean()
+    rmse = (sq / len(picks)).sqrt()
+    index = [int(h // step_h) - 1 for h in lead_hours]
+    return {
+        "lead_hours": [int(h) for h in lead_hours],
+        "rmse": {c: [float(rmse[k, j]) for k in index] for j, c in enumerate(channels)},
+        "init_times": [str(np.datetime_as_string(times[i], unit="h")) for i in picks],
+    }
+
+
+def _load_model(loader: str, path: Path) -> Any:
+    import importlib
+
+    module, func = loader.split(":")
+    return getattr(importlib.import_module(module), func)(str(path))
 
 
 def _call_run_forecast(config: Mapping[str, Any], run_dir: Path, shard: tuple[int, int]) -> Any:

@@ -160,3 +160,35 @@ def test_notebook_runs_against_the_run(e2e_run, monkeypatch: pytest.MonkeyPatch)
     assert sum("image/png" in o.get("data", {}) for o in outputs) == 2  # plume and scorecard
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     assert "8 members = 2 checkpoints x 4 per checkpoint" in text and "scored: ['e2e', 'persistence']" in text
+
+
+def test_skill_calibration_sets_amplitudes(e2e_run, tmp_path: Path) -> None:
+    """skill.calibrate recomputes each checkpoint's RMSE; amplitudes = alpha x mean RMSE at the reference lead,
+    and the forecast stage hands them to the engine."""
+    from workflows.runner import StageContext, run_workflow
+    from workflows.schema import load_workflow_text
+    from workflows.stages import _amplitude, forecast_config
+
+    wf, run = e2e_run
+    text = wf.read_text().replace(str(run), str(tmp_path / "run"))
+    text += "skill: {calibrate: true, lead_hours: [6, 12], reference_lead_hours: 12, samples: 4}\n"
+    text = text.replace("  test:", "  validation: {start: 2008-01-01, end: 2008-01-09T18:00}\n  test:")
+    w = load_workflow_text(text)
+    run_workflow(w, run_dir=tmp_path / "run", stages=["prepare", "skill"])
+    skill = json.loads((tmp_path / "run" / "skill.json").read_text())
+    assert skill["calibrated"] and len(skill["checkpoints"]) == 2
+    tables = list(skill["checkpoints"].values())
+    for t in tables:
+        assert t["lead_hours"] == [6, 12]
+        assert all(0 < r6 <= r12 * 1.5 for r6, r12 in t["rmse"].values())
+    for ch, amp in skill["amplitude"].items():
+        expected = 0.35 * np.mean([t["rmse"][ch][1] for t in tables])
+        assert amp == pytest.approx(expected, rel=1e-12)
+    ctx = StageContext(
+        workflow=w,
+        run_dir=tmp_path / "run",
+        stage="forecast",
+        upstream={"skill": {"outputs": {"skill": "skill.json"}}},
+    )
+    cfg = forecast_config(w, tmp_path / "run", _amplitude(ctx))
+    assert cfg["perturbation"]["amplitude"] == skill["amplitude"]
