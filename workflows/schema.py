@@ -135,12 +135,12 @@ class DataSection(_Model):
     """Where the analyses come from and which years serve which purpose."""
 
     source: str = Field(
-        "builtin:sphere-swe",
+        default="builtin:sphere-swe",
         description="Catalog entry, local zarr path or URL of the reanalysis "
         "(`builtin:sphere-swe` is the embedded world; `gs://weatherbench2/...` an ERA5 store).",
     )
     variables: StrList | None = Field(
-        None,
+        default=None,
         description="Canonical channel names to use (z500, t850, ...); null = the checkpoints' channels.",
     )
     train: TimeRange = Field(
@@ -155,7 +155,9 @@ class DataSection(_Model):
         default_factory=lambda: TimeRange(start="2008-01-01", end="2009-12-31T18:00"),
         description="Test years: forecast initial times and the truth they are scored against.",
     )
-    time_step: DurationStr = Field("6h", description="Time step of the analyses and of one model step.")
+    time_step: DurationStr = Field(
+        default="6h", description="Time step of the analyses and of one model step."
+    )
 
 
 class TrainSection(_Model):
@@ -164,16 +166,18 @@ class TrainSection(_Model):
     seeds: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)] = Field(
         default_factory=lambda: [0], description="One checkpoint is trained per seed."
     )
-    steps: PositiveInt = Field(1000, description="Optimisation steps per checkpoint.")
-    batch_size: PositiveInt = Field(16, description="Samples per optimisation step.")
-    learning_rate: float = Field(2e-3, gt=0, description="Peak learning rate (AdamW, cosine schedule).")
-    rollout_steps: PositiveInt = Field(1, description="Autoregressive steps in the training loss.")
+    steps: PositiveInt = Field(default=1000, description="Optimisation steps per checkpoint.")
+    batch_size: PositiveInt = Field(default=16, description="Samples per optimisation step.")
+    learning_rate: float = Field(
+        default=2e-3, gt=0, description="Peak learning rate (AdamW, cosine schedule)."
+    )
+    rollout_steps: PositiveInt = Field(default=1, description="Autoregressive steps in the training loss.")
     model: dict[str, Any] = Field(
         default_factory=dict,
         description="Further options of models.train.TrainConfig (embed_dim, num_layers, lmax, ...).",
     )
     output: str = Field(
-        "checkpoints", description="Folder (relative to run_dir) that receives the checkpoints."
+        default="checkpoints", description="Folder (relative to run_dir) that receives the checkpoints."
     )
 
 
@@ -181,16 +185,16 @@ class SkillSection(_Model):
     """Per-checkpoint skill: the latitude-weighted RMSE that sets the bred-vector amplitudes."""
 
     calibrate: bool = Field(
-        False,
+        default=False,
         description="Recompute each checkpoint's RMSE on the validation years; false = read its skill.json.",
     )
     lead_hours: Annotated[list[PositiveInt], Field(min_length=1)] = Field(
         default_factory=lambda: [6, 24, 48], description="Lead times (hours) at which RMSE is measured."
     )
     reference_lead_hours: PositiveInt = Field(
-        48, description="Lead (hours) whose RMSE scales the perturbations (HENS: 48 h)."
+        default=48, description="Lead (hours) whose RMSE scales the perturbations (HENS: 48 h)."
     )
-    samples: PositiveInt = Field(16, description="Validation initial times used when calibrating.")
+    samples: PositiveInt = Field(default=16, description="Validation initial times used when calibrating.")
 
     @model_validator(mode="after")
     def _reference_in_leads(self) -> SkillSection:
@@ -202,10 +206,10 @@ class SkillSection(_Model):
 class InitTimes(_Model):
     """Initial times: an explicit list, or a range ``start..end`` every ``step``."""
 
-    times: list[TimeStr] | None = Field(None, description="Explicit list of initial times.")
-    start: TimeStr | None = Field(None, description="First initial time of a range.")
-    end: TimeStr | None = Field(None, description="Last initial time of a range (inclusive).")
-    step: DurationStr = Field("1D", description="Spacing of a range.")
+    times: list[TimeStr] | None = Field(default=None, description="Explicit list of initial times.")
+    start: TimeStr | None = Field(default=None, description="First initial time of a range.")
+    end: TimeStr | None = Field(default=None, description="Last initial time of a range (inclusive).")
+    step: DurationStr = Field(default="1D", description="Spacing of a range.")
 
     @model_validator(mode="before")
     @classmethod
@@ -246,17 +250,23 @@ class Perturbation(_Model):
     """Initial-condition perturbations in +/- pairs (Toth & Kalnay 1993 breeding; HENS, Mahesh et al. 2024)."""
 
     method: Literal["bred", "gaussian", "spherical", "none"] = Field(
-        "bred",
+        default="bred",
         description="bred = bred vectors; spherical = correlated noise on the sphere; gaussian = white "
         "noise (all three in +/- pairs); none = unperturbed (one member per checkpoint).",
     )
-    n_pairs: PositiveInt | None = Field(None, description="Number of +/- pairs; null = members / 2.")
-    alpha: float = Field(0.35, gt=0, description="Amplitude as a multiple of each channel's 48 h RMSE.")
-    cycles: PositiveInt = Field(3, description="Breeding cycles of one time step each.")
-    seed_channel: str = Field("z500", description="Channel the initial random seed of breeding perturbs.")
-    length_scale_km: float = Field(500.0, gt=0, description="Correlation length of spherical noise (km).")
+    n_pairs: PositiveInt | None = Field(default=None, description="Number of +/- pairs; null = members / 2.")
+    alpha: float = Field(
+        default=0.35, gt=0, description="Amplitude as a multiple of each channel's 48 h RMSE."
+    )
+    cycles: PositiveInt = Field(default=3, description="Breeding cycles of one time step each.")
+    seed_channel: str = Field(
+        default="z500", description="Channel the initial random seed of breeding perturbs."
+    )
+    length_scale_km: float = Field(
+        default=500.0, gt=0, description="Correlation length of spherical noise (km)."
+    )
     amplitude: dict[str, Annotated[float, Field(gt=0)]] | None = Field(
-        None, description="Explicit per-channel amplitudes in physical units; overrides alpha x RMSE."
+        default=None, description="Explicit per-channel amplitudes in physical units; overrides alpha x RMSE."
     )
 
 
@@ -264,19 +274,25 @@ class ForecastOutput(_Model):
     """Where and how the ensemble is written (WeatherBench2 zarr layout)."""
 
     path: str | None = Field(
-        None,
+        default=None,
         description="Store path (relative to run_dir unless absolute); null = forecast/forecast.zarr, "
         "beside the engine's manifest.",
     )
-    variables: StrList | None = Field(None, description="Channels written; null = all model channels.")
-    dtype: Literal["float32", "float16"] = Field("float32", description="Stored data type.")
-    members_per_chunk: PositiveInt | None = Field(None, description="Members per chunk; null = batch_size.")
+    variables: StrList | None = Field(
+        default=None, description="Channels written; null = all model channels."
+    )
+    dtype: Literal["float32", "float16"] = Field(default="float32", description="Stored data type.")
+    members_per_chunk: PositiveInt | None = Field(
+        default=None, description="Members per chunk; null = batch_size."
+    )
 
 
 class InlineScoring(_Model):
     """Scores computed while the ensemble is produced (no second read of the store)."""
 
-    enabled: bool = Field(False, description="Score each init time against the truth as it is written.")
+    enabled: bool = Field(
+        default=False, description="Score each init time against the truth as it is written."
+    )
     metrics: StrList = Field(
         default_factory=lambda: ["crps", "rmse", "spread"], description="Metrics computed inline."
     )
@@ -290,27 +306,31 @@ class ForecastSection(_Model):
         description="Checkpoint folders: `pretrained:<name>` (shipped), `train` (this run's train stage), "
         "a folder of checkpoints or a list of checkpoint folders.",
     )
-    max_checkpoints: PositiveInt | None = Field(None, description="Use only the first N checkpoints.")
+    max_checkpoints: PositiveInt | None = Field(default=None, description="Use only the first N checkpoints.")
     model_loader: str = Field(
-        "models.checkpoint:load_checkpoint",
+        default="models.checkpoint:load_checkpoint",
         pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
         description="`module:function` that loads one checkpoint folder into a ForecastModel.",
     )
     members: PositiveInt = Field(
-        16, description="Members per checkpoint: 2 x pairs, or 1 without perturbation."
+        default=16, description="Members per checkpoint: 2 x pairs, or 1 without perturbation."
     )
-    perturbation: Perturbation = Field(default_factory=Perturbation, description="Initial perturbations.")
+    perturbation: Perturbation = Field(
+        default_factory=lambda: Perturbation(), description="Initial perturbations."
+    )
     init_times: InitTimes = Field(description="Initial times: a list, or {start, end, step}.")
     lead_time: DurationStr | None = Field(
-        None, description="Forecast length, e.g. '10D' (or give lead_steps)."
+        default=None, description="Forecast length, e.g. '10D' (or give lead_steps)."
     )
-    lead_steps: PositiveInt | None = Field(None, description="Forecast length in model steps.")
-    batch_size: PositiveInt = Field(16, description="Members advanced together in one model call.")
-    device: str = Field("cpu", description="Torch device: cpu, cuda, cuda:N or auto.")
-    output: ForecastOutput = Field(default_factory=ForecastOutput, description="Output store.")
-    inline_scoring: InlineScoring = Field(default_factory=InlineScoring, description="Inline scores.")
+    lead_steps: PositiveInt | None = Field(default=None, description="Forecast length in model steps.")
+    batch_size: PositiveInt = Field(default=16, description="Members advanced together in one model call.")
+    device: str = Field(default="cpu", description="Torch device: cpu, cuda, cuda:N or auto.")
+    output: ForecastOutput = Field(default_factory=lambda: ForecastOutput(), description="Output store.")
+    inline_scoring: InlineScoring = Field(
+        default_factory=lambda: InlineScoring(), description="Inline scores."
+    )
     seed: Annotated[int, Field(ge=0)] | None = Field(
-        None, description="Seed of the perturbations; null = the workflow seed."
+        default=None, description="Seed of the perturbations; null = the workflow seed."
     )
 
     @model_validator(mode="after")
@@ -358,37 +378,41 @@ class ModelClimateSection(_Model):
 
     init_times: InitTimes = Field(description="Initial times of the reforecasts.")
     lead_time: DurationStr | None = Field(
-        None, description="Length of each reforecast (default: forecast's)."
+        default=None, description="Length of each reforecast (default: forecast's)."
     )
     output: str | None = Field(
-        None, description="Store path (relative to run_dir); null = model_climate/forecast.zarr."
+        default=None, description="Store path (relative to run_dir); null = model_climate/forecast.zarr."
     )
 
 
 class DaskSlurm(_Model):
     """dask-jobqueue ``SLURMCluster`` options (needs the ``wxens[slurm]`` extra)."""
 
-    queue: str | None = Field(None, description="Partition of the worker jobs.")
-    account: str | None = Field(None, description="Account charged for the worker jobs.")
-    cores: PositiveInt = Field(8, description="Cores per worker job.")
-    memory: str = Field("32GB", description="Memory per worker job.")
-    walltime: str = Field("01:00:00", description="Wall time of each worker job.")
-    jobs: PositiveInt = Field(4, description="Number of worker jobs.")
+    queue: str | None = Field(default=None, description="Partition of the worker jobs.")
+    account: str | None = Field(default=None, description="Account charged for the worker jobs.")
+    cores: PositiveInt = Field(default=8, description="Cores per worker job.")
+    memory: str = Field(default="32GB", description="Memory per worker job.")
+    walltime: str = Field(default="01:00:00", description="Wall time of each worker job.")
+    jobs: PositiveInt = Field(default=4, description="Number of worker jobs.")
 
 
 class DaskOptions(_Model):
     """Where the scoring computation runs."""
 
     mode: Literal["local", "threads", "address", "slurm"] = Field(
-        "local",
+        default="local",
         description="local = a dask.distributed LocalCluster; threads = the plain threaded scheduler; "
         "address = connect to a running scheduler; slurm = a dask-jobqueue SLURMCluster.",
     )
-    address: str | None = Field(None, description="Scheduler address for mode 'address' (tcp://host:8786).")
-    n_workers: PositiveInt = Field(1, description="LocalCluster workers.")
-    threads_per_worker: PositiveInt = Field(2, description="LocalCluster threads per worker.")
-    processes: bool = Field(False, description="LocalCluster workers as processes (else threads).")
-    slurm: DaskSlurm = Field(default_factory=DaskSlurm, description="SLURMCluster options for mode 'slurm'.")
+    address: str | None = Field(
+        default=None, description="Scheduler address for mode 'address' (tcp://host:8786)."
+    )
+    n_workers: PositiveInt = Field(default=1, description="LocalCluster workers.")
+    threads_per_worker: PositiveInt = Field(default=2, description="LocalCluster threads per worker.")
+    processes: bool = Field(default=False, description="LocalCluster workers as processes (else threads).")
+    slurm: DaskSlurm = Field(
+        default_factory=lambda: DaskSlurm(), description="SLURMCluster options for mode 'slurm'."
+    )
 
     @model_validator(mode="after")
     def _address(self) -> DaskOptions:
@@ -397,56 +421,64 @@ class DaskOptions(_Model):
         return self
 
 
+Baseline = Literal["climatology", "persistence", "probabilistic_climatology"]
+BASELINES: tuple[Baseline, ...] = ("climatology", "persistence", "probabilistic_climatology")
+
+
 class ScoreSection(_Model):
     """Scores of the ensemble and of the baselines against the truth."""
 
-    enabled: bool = Field(True, description="Run the score stage.")
-    truth: str | None = Field(None, description="Truth store or catalog entry; null = data.source.")
-    baselines: list[Literal["climatology", "persistence", "probabilistic_climatology"]] = Field(
-        default_factory=lambda: ["climatology", "persistence", "probabilistic_climatology"],
+    enabled: bool = Field(default=True, description="Run the score stage.")
+    truth: str | None = Field(default=None, description="Truth store or catalog entry; null = data.source.")
+    baselines: list[Baseline] = Field(
+        default_factory=lambda: list(BASELINES),
         description="Reference forecasts scored alongside.",
     )
     metrics: StrList | None = Field(
-        None,
+        default=None,
         description="Metrics of the scorecard (names of evaluation.score); null = evaluation's default set "
         "(CRPS, RMSE, spread, spread-skill ratios, rank histogram, Brier, ROC, reliability).",
     )
     regions: StrList | None = Field(
-        None, description="Region names of evaluation.regions; null = global, tropics and both extratropics."
+        default=None,
+        description="Region names of evaluation.regions; null = global, tropics and both extratropics.",
     )
     fair: bool = Field(
-        True, description="Fair CRPS and Brier score (Ferro 2014) instead of the standard ones."
+        default=True, description="Fair CRPS and Brier score (Ferro 2014) instead of the standard ones."
     )
     thresholds: dict[str, list[float]] | None = Field(
-        None, description="Exceedance thresholds per variable, physical units (Brier, ROC)."
+        default=None, description="Exceedance thresholds per variable, physical units (Brier, ROC)."
     )
-    output: str = Field("scores.zarr", description="Scores store, relative to run_dir.")
-    dask: DaskOptions = Field(default_factory=DaskOptions, description="Dask cluster for scoring.")
+    output: str = Field(default="scores.zarr", description="Scores store, relative to run_dir.")
+    dask: DaskOptions = Field(default_factory=lambda: DaskOptions(), description="Dask cluster for scoring.")
 
 
 class ReportSection(_Model):
     """The HTML report."""
 
-    enabled: bool = Field(True, description="Run the report stage.")
-    title: str | None = Field(None, description="Report title; null = the workflow name.")
-    variables: StrList | None = Field(None, description="Variables shown; null = every scored variable.")
-    region: str = Field("global", description="Region of the scorecards and curves.")
-    baseline: str | None = Field(
-        None, description="Reference of the scorecards; null = climatology, else the first baseline scored."
+    enabled: bool = Field(default=True, description="Run the report stage.")
+    title: str | None = Field(default=None, description="Report title; null = the workflow name.")
+    variables: StrList | None = Field(
+        default=None, description="Variables shown; null = every scored variable."
     )
-    output: str = Field("report", description="Folder (relative to run_dir) receiving report.html.")
+    region: str = Field(default="global", description="Region of the scorecards and curves.")
+    baseline: str | None = Field(
+        default=None,
+        description="Reference of the scorecards; null = climatology, else the first baseline scored.",
+    )
+    output: str = Field(default="report", description="Folder (relative to run_dir) receiving report.html.")
 
 
 class StageResources(_Model):
     """Batch resources of one stage; unset fields fall back to the top-level resources."""
 
-    partition: str | None = Field(None, description="SLURM partition.")
-    account: str | None = Field(None, description="SLURM account.")
-    time: str | None = Field(None, description="Wall time, e.g. 02:00:00 or 1-00:00:00.")
-    gpus: Annotated[int, Field(ge=0)] | None = Field(None, description="GPUs per task.")
-    cpus: PositiveInt | None = Field(None, description="CPU cores per task.")
-    mem: str | None = Field(None, description="Memory per task, e.g. 16G.")
-    shards: PositiveInt | None = Field(None, description="Array tasks the stage is split into.")
+    partition: str | None = Field(default=None, description="SLURM partition.")
+    account: str | None = Field(default=None, description="SLURM account.")
+    time: str | None = Field(default=None, description="Wall time, e.g. 02:00:00 or 1-00:00:00.")
+    gpus: Annotated[int, Field(ge=0)] | None = Field(default=None, description="GPUs per task.")
+    cpus: PositiveInt | None = Field(default=None, description="CPU cores per task.")
+    mem: str | None = Field(default=None, description="Memory per task, e.g. 16G.")
+    shards: PositiveInt | None = Field(default=None, description="Array tasks the stage is split into.")
 
     @field_validator("partition", "account", "mem")
     @classmethod
@@ -466,24 +498,28 @@ class StageResources(_Model):
 class ResourceStages(_Model):
     """Per-stage overrides."""
 
-    prepare: StageResources | None = Field(None, description="Resources of the prepare stage.")
-    train: StageResources | None = Field(None, description="Resources of the train stage.")
-    skill: StageResources | None = Field(None, description="Resources of the skill stage.")
-    model_climate: StageResources | None = Field(None, description="Resources of the model_climate stage.")
-    forecast: StageResources | None = Field(None, description="Resources of the forecast stage.")
-    score: StageResources | None = Field(None, description="Resources of the score stage.")
-    report: StageResources | None = Field(None, description="Resources of the report stage.")
+    prepare: StageResources | None = Field(default=None, description="Resources of the prepare stage.")
+    train: StageResources | None = Field(default=None, description="Resources of the train stage.")
+    skill: StageResources | None = Field(default=None, description="Resources of the skill stage.")
+    model_climate: StageResources | None = Field(
+        default=None, description="Resources of the model_climate stage."
+    )
+    forecast: StageResources | None = Field(default=None, description="Resources of the forecast stage.")
+    score: StageResources | None = Field(default=None, description="Resources of the score stage.")
+    report: StageResources | None = Field(default=None, description="Resources of the report stage.")
 
 
 class Resources(StageResources):
     """Batch resources: defaults for every stage, overridden per stage under ``stages``."""
 
-    time: str | None = Field("01:00:00", description="Wall time, e.g. 02:00:00 or 1-00:00:00.")
-    gpus: Annotated[int, Field(ge=0)] | None = Field(0, description="GPUs per task.")
-    cpus: PositiveInt | None = Field(2, description="CPU cores per task.")
-    mem: str | None = Field("8G", description="Memory per task, e.g. 16G.")
-    shards: PositiveInt | None = Field(1, description="Array tasks per shardable stage.")
-    stages: ResourceStages = Field(default_factory=ResourceStages, description="Per-stage overrides.")
+    time: str | None = Field(default="01:00:00", description="Wall time, e.g. 02:00:00 or 1-00:00:00.")
+    gpus: Annotated[int, Field(ge=0)] | None = Field(default=0, description="GPUs per task.")
+    cpus: PositiveInt | None = Field(default=2, description="CPU cores per task.")
+    mem: str | None = Field(default="8G", description="Memory per task, e.g. 16G.")
+    shards: PositiveInt | None = Field(default=1, description="Array tasks per shardable stage.")
+    stages: ResourceStages = Field(
+        default_factory=lambda: ResourceStages(), description="Per-stage overrides."
+    )
 
     def for_stage(self, stage: str) -> StageResources:
         """Resources of ``stage``: its overrides on top of the defaults (shards are 1 if not shardable)."""
@@ -500,20 +536,28 @@ class Workflow(_Model):
     """A wxens workflow: data, optional training, skill, forecast, scores, report and resources."""
 
     name: str = Field(
-        "wxens", min_length=1, max_length=200, description="Run name; prefix of batch job names."
+        default="wxens", min_length=1, max_length=200, description="Run name; prefix of batch job names."
     )
     run_dir: str | None = Field(
-        None, description="Run directory (relative to the working directory); null = runs/<name>."
+        default=None, description="Run directory (relative to the working directory); null = runs/<name>."
     )
-    seed: Annotated[int, Field(ge=0)] = Field(0, description="Root seed; every random draw derives from it.")
-    data: DataSection = Field(default_factory=DataSection, description="Analyses and year split.")
-    train: TrainSection | None = Field(None, description="Optional training stage; omit to use checkpoints.")
-    skill: SkillSection = Field(default_factory=SkillSection, description="Skill / perturbation calibration.")
-    model_climate: ModelClimateSection | None = Field(None, description="Optional model-climate stage.")
+    seed: Annotated[int, Field(ge=0)] = Field(
+        default=0, description="Root seed; every random draw derives from it."
+    )
+    data: DataSection = Field(default_factory=lambda: DataSection(), description="Analyses and year split.")
+    train: TrainSection | None = Field(
+        default=None, description="Optional training stage; omit to use checkpoints."
+    )
+    skill: SkillSection = Field(
+        default_factory=lambda: SkillSection(), description="Skill / perturbation calibration."
+    )
+    model_climate: ModelClimateSection | None = Field(
+        default=None, description="Optional model-climate stage."
+    )
     forecast: ForecastSection = Field(description="The ensemble forecast.")
-    score: ScoreSection = Field(default_factory=ScoreSection, description="Scoring.")
-    report: ReportSection = Field(default_factory=ReportSection, description="The HTML report.")
-    resources: Resources = Field(default_factory=Resources, description="Batch resources (SLURM).")
+    score: ScoreSection = Field(default_factory=lambda: ScoreSection(), description="Scoring.")
+    report: ReportSection = Field(default_factory=lambda: ReportSection(), description="The HTML report.")
+    resources: Resources = Field(default_factory=lambda: Resources(), description="Batch resources (SLURM).")
 
     @field_validator("name")
     @classmethod

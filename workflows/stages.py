@@ -328,7 +328,7 @@ def stage_prepare(ctx: StageContext) -> dict[str, Any]:
             w.data.test.start,
             w.data.test.end,
         )
-    info = {
+    info: dict[str, Any] = {
         "source": w.data.source,
         "variables": [str(v) for v in ds.data_vars],
         "time_range": [str(times[0]), str(times[-1])],
