@@ -1,0 +1,179 @@
+"""Figure 4: the huge ensemble (HENS shape) with inline scoring, nothing but scores stored.
+
+Each size runs in a fresh process (``python -m benchmarks.huge``) so that its peak RSS
+(``getrusage(RUSAGE_SELF).ru_maxrss``) belongs to that size alone. Members are ``checkpoints x
+per-checkpoint`` bred-vector members (HENS: 29 x 256 = 7424), 64x32, 40 steps (10 days), fixed member
+block (the batch), ``output.keep: none``, inline CRPS / spread-skill / rank histogram / spectra.
+The 29 "checkpoints" are untrained copies of the default SFNO with different seeds, saved with
+``models.checkpoint.save_checkpoint``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import Context, dir_bytes, ratio
+
+log = logging.getLogger(__name__)
+
+NLAT, NLON = 32, 64
+HENS_CHECKPOINTS, HENS_PER_CHECKPOINT = 29, 256
+
+
+def layout_for(members: int) -> tuple[int, int]:
+    """``(checkpoints, per_checkpoint)``: up to 256 per checkpoint, as HENS."""
+    if members <= HENS_PER_CHECKPOINT:
+        return 1, members
+    if members % HENS_PER_CHECKPOINT:
+        raise ValueError(f"{members} members is not a multiple of {HENS_PER_CHECKPOINT}")
+    return members // HENS_PER_CHECKPOINT, HENS_PER_CHECKPOINT
+
+
+def default_members(ctx: Context) -> list[int]:
+    return [8, 16] if ctx.quick else [64, 128, 256]
+
+
+def worker(members: int, steps: int, batch: int, threads: int, workdir: Path) -> dict[str, Any]:
+    """One huge-ensemble run in this process; returns time, peak RSS and disk use."""
+    import torch
+
+    torch.set_num_threads(threads)
+    from benchmarks.common import write_analysis, write_checkpoints
+    from pipeline import run_forecast
+
+    n_ckpt, per = layout_for(members)
+    ckpts = write_checkpoints(workdir / "ckpt", NLAT, NLON, list(range(n_ckpt)))
+    ana = write_analysis(workdir / f"analysis-{NLON}x{NLAT}-{steps}.zarr", NLAT, NLON, periods=steps + 8)
+    run_dir = workdir / f"run-{members}"
+    import shutil
+
+    shutil.rmtree(run_dir, ignore_errors=True)
+    cfg = {
+        "analysis": str(ana),
+        "init_times": ["2008-01-02T00"],
+        "checkpoints": ckpts,
+        "perturbation": {"method": "bred", "n_pairs": per // 2, "alpha": 0.35, "cycles": 3},
+        "lead_steps": steps,
+        "batch_size": min(batch, per),
+        "device": "cpu",
+        "seed": 0,
+        "progress": False,
+        "inline": {"enabled": True, "crps": True, "spectra": True},
+        "output": {"keep": "none"},
+    }
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    t0 = time.perf_counter()
+    summary = run_forecast(cfg, run_dir)
+    wall = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    spill = sum(p.stat().st_size for p in (run_dir / "inline").glob("*.spill.npy"))
+    out = {
+        "members": members,
+        "checkpoints": n_ckpt,
+        "per_checkpoint": per,
+        "steps": steps,
+        "batch": summary["block"],
+        "threads": threads,
+        "wall_s": wall,
+        "rollout_s": summary["seconds"],
+        "member_steps": members * steps,
+        "member_steps_per_s": members * steps / wall,
+        "s_per_member_step": wall / (members * steps),
+        "peak_rss_mib": round(peak / 2**20, 1),
+        "rss_before_run_mib": round(rss0 / 2**20, 1),
+        "complete": summary["complete"],
+        "scores_bytes": dir_bytes(run_dir / "scores.zarr") if (run_dir / "scores.zarr").exists() else 0,
+        "spill_bytes": spill,
+        "run_dir_bytes": dir_bytes(run_dir),
+    }
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return out
+
+
+def run(ctx: Context, members: list[int] | None = None) -> dict[str, Any]:
+    members = members or default_members(ctx)
+    steps = 4 if ctx.quick else 40
+    batch = 8 if ctx.quick else 64
+    rows = []
+    for m in members:
+        cmd = [
+            sys.executable,
+            "-m",
+            "benchmarks.huge",
+            "--members",
+            str(m),
+            "--steps",
+            str(steps),
+            "--batch",
+            str(batch),
+            "--threads",
+            str(ctx.threads),
+            "--workdir",
+            str(ctx.workdir / "huge"),
+        ]
+        log.info("huge ensemble: %d members (%s)", m, " ".join(cmd[2:]))
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+        if proc.returncode != 0:
+            raise RuntimeError(f"huge worker ({m} members) failed: {proc.stderr.strip().splitlines()[-1:]}")
+        rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        log.info(
+            "huge %d: %.1f s, %.1f member-steps/s, peak RSS %.0f MiB",
+            m,
+            rows[-1]["wall_s"],
+            rows[-1]["member_steps_per_s"],
+            rows[-1]["peak_rss_mib"],
+        )
+    base = rows[0]
+    for r in rows:
+        r["time_ratio_vs_smallest"] = ratio(r["wall_s"], base["wall_s"])
+        r["members_ratio_vs_smallest"] = r["members"] / base["members"]
+        r["time_per_member_step_vs_smallest"] = ratio(r["s_per_member_step"], base["s_per_member_step"])
+        r["rss_ratio_vs_smallest"] = ratio(r["peak_rss_mib"], base["peak_rss_mib"])
+    # linear extrapolation to HENS from the largest measured size (stated as such in the report)
+    big = rows[-1]
+    hens = HENS_CHECKPOINTS * HENS_PER_CHECKPOINT
+    extrap = {
+        "members": hens,
+        "from_members": big["members"],
+        "wall_s": big["s_per_member_step"] * hens * steps,
+        "spill_bytes": big["spill_bytes"] / big["members"] * hens,
+        "note": "linear extrapolation of time and spill bytes from the largest measured size, not a measurement",
+    }
+    lin = max(abs((r["time_per_member_step_vs_smallest"] or 0) - 1) for r in rows)
+    return {
+        "rows": rows,
+        "hens_extrapolation": extrap if big["members"] < hens else None,
+        "targets": {
+            "time linear in members (per-member-step time within 15%)": lin <= 0.15,
+            "peak RSS <= 4 GiB": all(r["peak_rss_mib"] <= 4096 for r in rows),
+            "peak RSS bounded (largest / smallest <= 1.5)": (rows[-1]["rss_ratio_vs_smallest"] or 0) <= 1.5,
+        },
+        "max_deviation_from_linear": lin,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.huge")
+    p.add_argument("--members", type=int, required=True)
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--workdir", type=Path, required=True)
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    a.workdir.mkdir(parents=True, exist_ok=True)
+    res = worker(a.members, a.steps, a.batch, a.threads, a.workdir)
+    sys.stdout.write(json.dumps(res) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
