@@ -201,7 +201,6 @@ _SURFACE_ALIASES: dict[str, str] = {
     "land_sea_mask": "lsm",
     "lsm": "lsm",
     "geopotential_at_surface": "zs",
-    "orography": "zs",
     "zs": "zs",
     "integrated_vapor_transport": "ivt",
     "integrated_vapour_transport": "ivt",

@@ -197,3 +197,32 @@ def test_builtin_source_is_resolved_lazily(wb2_store: Path, monkeypatch: pytest.
 def test_unknown_builtin() -> None:
     with pytest.raises(UserError, match="unknown builtin store 'builtin:nope'"):
         open_reanalysis("builtin:nope")
+
+
+def test_embedded_world_layout(tmp_path: Path) -> None:
+    """The layout data_catalog.world writes (canonical names, ascending latitude, static orography)."""
+    src = wb2_dataset(levels=(500,))
+    lay = xr.Dataset(
+        {
+            "z500": src["geopotential"].sel(level=500, drop=True),
+            "vo500": (src["temperature"].sel(level=500, drop=True) * 1e-9)
+            .drop_attrs()
+            .assign_attrs(units="s-1"),
+            "u500": (src["2m_temperature"] - 280.0).drop_attrs().assign_attrs(units="m s-1"),
+            "v500": (src["2m_temperature"] - 281.0).drop_attrs().assign_attrs(units="m s-1"),
+            "orography": (("latitude", "longitude"), np.ones((32, 64), np.float32), {"units": "m"}),
+        },
+        attrs={"title": "world"},
+    )
+    path = tmp_path / "world-like.zarr"
+    lay.to_zarr(
+        path, zarr_format=3, consolidated=False, encoding={"time": {"units": "hours since 2000-01-01"}}
+    )
+    ds = open_reanalysis(path)
+    assert list(ds.data_vars) == ["z500", "u500", "v500", "vo500"]
+    assert "orography" in ds.coords and ds["orography"].attrs["units"] == "m"
+    assert ds["vo500"].attrs["long_name"] == "Relative vorticity at 500 hPa"
+    assert ds["u500"].attrs["long_name"] == "U component of wind at 500 hPa"
+    assert ds.attrs["title"] == "world"
+    la, lo = np.meshgrid(ds["latitude"].values, ds["longitude"].values, indexing="ij")
+    np.testing.assert_allclose(ds["z500"].values[3], z_value(500, la, lo, 3), rtol=1e-6)
