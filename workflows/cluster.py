@@ -21,8 +21,11 @@ logger = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
-def dask_cluster(options: DaskOptions) -> Iterator[str]:
-    """Run the enclosed dask computations on the configured cluster; yields a description."""
+def dask_cluster(options: DaskOptions, connect_timeout: str = "30s") -> Iterator[str]:
+    """Run the enclosed dask computations on the configured cluster; yields a description.
+
+    ``connect_timeout`` bounds the wait for a scheduler at ``options.address``.
+    """
     if options.mode == "threads":
         import dask
 
@@ -35,7 +38,7 @@ def dask_cluster(options: DaskOptions) -> Iterator[str]:
     if options.mode == "address":
         assert options.address is not None
         try:
-            client = Client(options.address, timeout="30s", set_as_default=True)
+            client = Client(options.address, timeout=connect_timeout, set_as_default=True)
         except OSError as exc:
             raise UserError(f"cannot reach the dask scheduler at {options.address}: {exc}") from None
         try:
