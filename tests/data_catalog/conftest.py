@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from dc_stores import wb2_dataset, write
+
+from tests.data_catalog.dc_stores import wb2_dataset, write
 
 
 @pytest.fixture
@@ -15,7 +16,10 @@ def wb2_store(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Statistics caches and user catalogs never leak between tests."""
+def _private_cache(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Statistics caches and user catalogs never leak between tests. The embedded world's tests
+    keep the shared repo-local cache (its store is built once per checkout, not once per test)."""
+    if "world" in request.node.path.name:
+        return
     monkeypatch.setenv("WXENS_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("WXENS_CATALOG", raising=False)

@@ -6,12 +6,12 @@ import os
 from pathlib import Path
 
 import pytest
-from dc_stores import wb2_dataset, write
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from data_catalog import UserError, load_catalog, open_reanalysis
 from data_catalog.catalog import CatalogEntry, parse_catalog
+from tests.data_catalog.dc_stores import wb2_dataset, write
 
 
 def test_default_catalog_entries() -> None:

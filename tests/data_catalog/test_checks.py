@@ -6,10 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
-from dc_stores import wb2_dataset
 
 from data_catalog import UserError, check_finite, check_global_grid, check_unique_times, open_reanalysis
 from data_catalog.grid import describe_grid
+from tests.data_catalog.dc_stores import wb2_dataset
 
 
 @pytest.mark.parametrize(

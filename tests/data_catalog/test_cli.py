@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
-from dc_stores import wb2_dataset, write
 
+from tests.data_catalog.dc_stores import wb2_dataset, write
 from workflows.cli import main
 
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import xarray as xr
-from dc_stores import wb2_dataset
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from data_catalog import open_reanalysis
+from tests.data_catalog.dc_stores import wb2_dataset
 
 BASE = wb2_dataset(nlat=8, nlon=16, levels=(500, 850))
 REF = open_reanalysis(BASE).compute()

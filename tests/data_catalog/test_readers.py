@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
-from dc_stores import t2m_value, wb2_dataset, write, z_value
 
 from data_catalog import UserError, open_forecast_store, open_reanalysis
 from data_catalog.grid import area_weights
+from tests.data_catalog.dc_stores import t2m_value, wb2_dataset, write, z_value
 
 
 def _assert_canonical(ds: xr.Dataset) -> None:

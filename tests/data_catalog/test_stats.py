@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
-from dc_stores import wb2_dataset, write
 
 import data_catalog.stats as stats_mod
 from data_catalog import UserError, channel_statistics, compute_statistics, open_reanalysis
+from tests.data_catalog.dc_stores import wb2_dataset, write
 
 # 6-hourly with a gap: pairs 6 h apart are (00, 06), (06, 12), (1 00, 1 06) only
 TIMES = pd.DatetimeIndex(
