@@ -16,6 +16,7 @@ Run directory::
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import logging
@@ -377,19 +378,16 @@ def analyses_for(
     return torch.from_numpy(arr).to(device), [np.asarray(t).astype("datetime64[ns]")[()] for t in times]
 
 
-def verifying_truth(ds: xr.Dataset, plan: Plan, init: np.datetime64) -> np.ndarray:
-    """``(L + 1, C, lat, lon)`` verifying analyses (NaN where the analysis ends)."""
-    out = np.full(
-        (plan.lead_steps + 1, len(plan.channels), plan.latitude.size, plan.longitude.size),
-        np.nan,
-        dtype=np.float32,
-    )
-    avail = set(ds["time"].values.tolist())
-    for lead in range(plan.lead_steps + 1):
-        t = np.asarray(init + lead * plan.step).astype("datetime64[ns]")[()]
-        if t.astype("int64") in avail or t in ds["time"].values:
-            out[lead] = np.stack([ds[c].sel(time=t).values for c in plan.channels]).astype(np.float32)
-    return out
+def truth_at(ds: xr.Dataset, plan: Plan, time: np.datetime64) -> np.ndarray | None:
+    """``(C, lat, lon)`` analysis valid at ``time`` (None beyond the analysis)."""
+    t = np.asarray(time).astype("datetime64[ns]")[()]
+    if t not in ds["time"].values:
+        return None
+    return np.stack([ds[c].sel(time=t).values for c in plan.channels]).astype(np.float32)
+
+
+def _truth_lead(ds: xr.Dataset, plan: Plan, init: np.datetime64, lead: int) -> np.ndarray | None:
+    return truth_at(ds, plan, init + lead * plan.step)
 
 
 def _progress(enabled: bool):
@@ -470,7 +468,6 @@ def run_forecast(
             "forecast", total=len(todo) * plan.block * plan.lead_steps, members="0", rate="-"
         )
         cur_ckpt, model, pert = None, None, None
-        truth_cache: dict[int, np.ndarray] = {}
         done_members = 0
         for unit in todo:
             lock = mf.UnitLock(run_dir, unit.name)
@@ -488,17 +485,20 @@ def run_forecast(
                     model_cache.clear()
                     cur_ckpt = unit.checkpoint
                     pert = make_perturbation(cfg, plan, model)
-                    truth_cache.clear()
                 init = plan.inits[unit.init]
                 analyses, times = analyses_for(ds, plan, init, device)
                 members = unit.members(layout, plan.block)
                 files: list[str] = []
                 scorer = None
                 if cfg.inline.enabled:
-                    if unit.init not in truth_cache:
-                        truth_cache.clear()
-                        truth_cache[unit.init] = verifying_truth(ds, plan, init)
-                    scorer = inl.UnitScorer(run_dir, cfg.inline, plan, unit, members, truth_cache[unit.init])
+                    scorer = inl.UnitScorer(
+                        run_dir,
+                        cfg.inline,
+                        plan,
+                        unit,
+                        members,
+                        functools.partial(_truth_lead, ds, plan, init),
+                    )
 
                 def on_lead(
                     lead: int, x: torch.Tensor, _m=members, _i=unit.init, _s=scorer, _f=files
@@ -586,7 +586,10 @@ def finalize(run_dir: Path, cfg: ForecastConfig) -> bool:
             return False
         plan = Plan.from_json(json.loads((run_dir / "plan.json").read_text()))
         if cfg.inline.enabled:
-            inl.finalize(run_dir, cfg.inline, plan, keep=cfg.output.keep)
+            ds = _ANALYSIS_CACHE.get(str(run_dir))
+            if ds is None:
+                ds = open_analysis(cfg.analysis)
+            inl.finalize(run_dir, cfg.inline, plan, lambda t: truth_at(ds, plan, t), keep=cfg.output.keep)
         mf.atomic_write(run_dir / "COMPLETE", json.dumps({"time": time.time()}))
         return True
     finally:
