@@ -7,6 +7,7 @@ and exit status 2.
 
 from __future__ import annotations
 
+import errno
 import logging
 import sys
 from pathlib import Path
@@ -183,6 +184,10 @@ def _register() -> None:
             register(app)
 
 
+#: errno values of a full or read-only disk, reported in one line instead of a traceback
+_STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit code."""
     _register()
@@ -196,6 +201,17 @@ def main(argv: list[str] | None = None) -> int:
         return int(exc.code or 0)
     except typer.Abort:
         print("error: aborted", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        if exc.errno not in _STORAGE_ERRNOS:
+            raise
+        # a full disk or quota is not a bug: finished work is in the manifest, a rerun resumes
+        logging.getLogger("wxens").debug("storage error", exc_info=True)
+        where = f": {exc.filename}" if exc.filename else ""
+        print(
+            f"error: {exc.strerror or exc}{where} (free space and rerun the same command; finished work is kept)",
+            file=sys.stderr,
+        )
         return 1
     except Exception as exc:
         # click/typer usage errors (unknown command, bad option) carry their own message and code
