@@ -249,3 +249,22 @@ def test_member_and_variable_subsets(world, reference_run, tmp_path):
     assert np.array_equal(ds["u500"].values, want)
     np.testing.assert_array_equal(ds["checkpoint"].values, [0, 0, 1])
     np.testing.assert_array_equal(ds["sign"].values, [1, -1, -1])
+
+
+LOADS: list[str] = []
+
+
+def counting_loader(path):
+    from pipeline.testing import load_toy_checkpoint
+
+    LOADS.append(str(path))
+    return load_toy_checkpoint(path)
+
+
+def test_each_checkpoint_loaded_once_per_shard(world, tmp_path):
+    cfg = base_config(world, model_loader="tests.pipeline.test_engine:counting_loader", batch_size=2)
+    cfg["inline"] = {"enabled": False}
+    LOADS.clear()
+    s = run_forecast(cfg, tmp_path / "loads")
+    assert s["units_computed"] == 3 * 2 * 4  # inits x checkpoints x blocks
+    assert LOADS == world["checkpoints"][:2]  # checkpoint-major units: one load each
