@@ -36,7 +36,7 @@ def train_command(
         0, "--rollout-iters", help="Final iterations that use the unrolled loss."
     ),
     features: str = typer.Option(
-        "doy,sinlat,static:zs",
+        "doy,sinlat,static:orography",
         "--features",
         help="Extra inputs: doy, sinlat, static:<field> (comma list; '' for none).",
     ),

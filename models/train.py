@@ -70,7 +70,7 @@ class TrainConfig:
     lmax: int | None = None  # default: min(internal nlat, ceil(3 nlat / 4))
     mmax: int | None = None  # default: lmax
     mlp_ratio: float = 2.0
-    features: tuple[str, ...] = ("doy", "sinlat", "static:zs")
+    features: tuple[str, ...] = ("doy", "sinlat", "static:orography")
     steps: int = 1000
     batch_size: int = 16
     lr: float = 2e-3

@@ -10,7 +10,7 @@ Pathak et al. 2022 / Bonev et al. 2023). Optional input features: ``doy`` adds t
 ``sin(2 pi d / 365.25)``, ``cos(2 pi d / 365.25)`` of the fractional day of year ``d`` of ``time``
 (the embedded world has a seasonal cycle); ``sinlat`` adds ``sin(latitude)`` (the Coriolis parameter's shape:
 the SFNO's layers are rotation-equivariant and would otherwise not know the latitude); ``static:<name>``
-adds a normalised static field such as the orography ``zs`` (it breaks the zonal symmetry where the
+adds a normalised static field such as the orography (it breaks the zonal symmetry where the
 mountains are).
 """
 
@@ -77,8 +77,8 @@ class SFNOForecastModel:
     ) -> None:
         self.net = net
         self.channels = tuple(channels)
-        self.latitude = np.asarray(latitude, dtype=np.float64)
-        self.longitude = np.asarray(longitude, dtype=np.float64)
+        self.latitude = np.array(latitude, dtype=np.float64)  # own, writable copy
+        self.longitude = np.array(longitude, dtype=np.float64)
         self.time_step = time_step
         self.features = tuple(features)
         self.metadata: dict[str, Any] = dict(metadata or {})

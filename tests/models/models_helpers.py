@@ -47,7 +47,7 @@ def synthetic_world(
             ("time", "latitude", "longitude"),
             (base[c] + amp[c] * season[:, None, None] * field).astype(np.float32),
         )
-    # orography-like static field (a coordinate, as open_reanalysis returns the world's ``zs``)
+    # orography-like static field (a coordinate, as open_reanalysis returns the world's orography)
     d2 = (phi - np.deg2rad(40.0)) ** 2 + (np.cos(phi) * (lam - np.deg2rad(90.0))) ** 2
     zs = (2000.0 * np.exp(-d2 / np.deg2rad(15.0) ** 2)).astype(np.float32)
     ds = xr.Dataset(
@@ -56,7 +56,7 @@ def synthetic_world(
             "time": times.values,
             "latitude": lat,
             "longitude": lon,
-            "zs": (("latitude", "longitude"), zs),
+            "orography": (("latitude", "longitude"), zs),
         },
     )
     ds.attrs["dataset_id"] = f"synthetic-waves-{nlat}x{nlon}"

@@ -56,7 +56,7 @@ def test_layout_and_metadata(trained: Path, tiny_world) -> None:
     assert (
         meta["time_step_hours"] == 6.0
         and meta["seed"] == 3
-        and meta["features"] == ["doy", "sinlat", "static:zs"]
+        and meta["features"] == ["doy", "sinlat", "static:orography"]
     )
     np.testing.assert_allclose(meta["grid"]["latitude"], tiny_world.latitude.values)
     assert meta["dataset"]["train_years"] == [2000, 2000]
@@ -82,7 +82,7 @@ def test_round_trip_gives_identical_forecasts(trained: Path, tiny_world) -> None
     # the normalised orography travels in the safetensors file
     from data_catalog.grid import area_weights
 
-    zs = tiny_world["zs"].values.astype(np.float64)
+    zs = tiny_world["orography"].values.astype(np.float64)
     w = area_weights(tiny_world.latitude.values)[:, None] * np.ones_like(zs)
     mu = np.average(zs, weights=w)
     sd = np.sqrt(np.average((zs - mu) ** 2, weights=w))

@@ -125,14 +125,24 @@ def test_latitude_and_static_features() -> None:
     net = _net(in_chans=8)
     std = np.ones(4)
     m = SFNOForecastModel(
-        net, CH, LAT, LON, np.zeros(4), std, std, features=("doy", "sinlat", "static:zs"), static_fields=stat
+        net,
+        CH,
+        LAT,
+        LON,
+        np.zeros(4),
+        std,
+        std,
+        features=("doy", "sinlat", "static:orography"),
+        static_fields=stat,
     )
     f = m.feature_fields(np.datetime64("2001-01-01"), 3)
     assert f.shape == (3, 4, 16, 32)
     np.testing.assert_allclose(f[2, 2, :, 5].numpy(), np.sin(np.deg2rad(LAT)), atol=1e-6)
     np.testing.assert_array_equal(f[1, 3].numpy(), stat[0])
     with pytest.raises(ValueError, match="static"):
-        SFNOForecastModel(net, CH, LAT, LON, np.zeros(4), std, std, features=("doy", "sinlat", "static:zs"))
+        SFNOForecastModel(
+            net, CH, LAT, LON, np.zeros(4), std, std, features=("doy", "sinlat", "static:orography")
+        )
     with pytest.raises(ValueError, match="unknown"):
         SFNOForecastModel(net, CH, LAT, LON, np.zeros(4), std, std, features=("moon",))
 
