@@ -391,11 +391,15 @@ def normalise_dataset(
     allowed = set(leading) | {"latitude", "longitude", "level"}
     channels: dict[str, xr.DataArray] = {}
     statics: dict[str, xr.DataArray] = {}
+    aux: dict[str, xr.DataArray] = {}
     chunking: dict[str, dict[Hashable, int]] = {}
     for name, da in ds.data_vars.items():
         dims = set(da.dims)
         if not {"latitude", "longitude"} <= dims:
-            logger.debug("%s: skipping %s (dims %s): not a lat-lon field", label, name, da.dims)
+            if dims and dims <= set(leading):  # per-member/per-init metadata, e.g. nonfinite_step
+                aux[str(name)] = da.reset_coords(drop=True)
+            else:
+                logger.debug("%s: skipping %s (dims %s): not a lat-lon field", label, name, da.dims)
             continue
         extra = dims - allowed
         if extra:
@@ -441,6 +445,8 @@ def normalise_dataset(
     out = xr.Dataset(channels, coords=coords, attrs=dict(ds.attrs))
     for name, da in statics.items():
         out = out.assign_coords({name: da.drop_vars([c for c in da.coords if c not in da.dims])})
+    if aux:
+        out = out.assign_coords(aux)
 
     out = out[sorted(out.data_vars, key=channel_sort_key)]
     out = _select_channels(out, variables, label)

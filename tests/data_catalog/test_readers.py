@@ -112,9 +112,14 @@ def test_forecast_layout(tmp_path: Path) -> None:
     base = wb2_dataset(levels=(500,))
     fc = xr.concat([base, base + 1.0], dim=pd.TimedeltaIndex(["0h", "6h"], name="prediction_timedelta"))
     fc = fc.expand_dims(number=[0, 1]).transpose("time", "number", "prediction_timedelta", ...)
+    # the pipeline's store layout: member coordinates and a per-(init, member) status array
+    fc = fc.assign_coords(checkpoint=("number", np.array([0, 3])), sign=("number", np.array([1, -1])))
+    fc["nonfinite_step"] = (("time", "number"), np.full((4, 2), -1, np.int32))
     path = write(fc, tmp_path / "fc.zarr")
     ds = open_forecast_store(path)
     assert ds["z500"].dims == ("time", "number", "prediction_timedelta", "latitude", "longitude")
+    assert list(ds["checkpoint"].values) == [0, 3] and list(ds["sign"].values) == [1, -1]
+    assert ds["nonfinite_step"].dims == ("time", "number") and "nonfinite_step" not in ds.data_vars
     _assert_canonical(ds)
     with pytest.raises(UserError, match="forecast store"):
         open_reanalysis(path)
