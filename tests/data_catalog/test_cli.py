@@ -101,6 +101,8 @@ def test_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     good = write(wb2_dataset(levels=(500,)), tmp_path / "good.zarr")
     code, _, err = run(capsys, "catalog", "stats", str(good), "-V", "q700")
     _one_line_error(code, err, "unknown variable 'q700' (the store has: z500, t500, t2m)")
+    code, _, err = run(capsys, "catalog", "check", str(good), "-V", "t850")
+    _one_line_error(code, err, "variable t850 needs level 850 hPa, not in the store (t levels: 500 hPa)")
     code, _, err = run(capsys, "catalog", "stats", str(good), "--start", "2031-01-01")
     _one_line_error(code, err, "no data for time from 2031-01-01 (store covers 2000-01-01T00:00:00")
 
