@@ -511,9 +511,9 @@ def run_stage(
             result = dict(spec.func(ctx) or {})
         except BaseException as exc:
             seconds = time.perf_counter() - t0
-            logging.getLogger(__name__).error(
-                "%s failed after %.1f s\n%s", label, seconds, traceback.format_exc()
-            )
+            # the traceback goes to the stage's log file only; the console gets one line
+            with open(log_file, "a", encoding="utf-8") as fh:
+                fh.write(f"{_now()} ERROR {label} failed after {seconds:.1f} s\n{traceback.format_exc()}")
             message = str(exc) or type(exc).__name__
             failed = {
                 **base,

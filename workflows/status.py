@@ -92,7 +92,11 @@ def _forecast_progress(run_dir: Path, workflow: Any, record: dict[str, Any] | No
         out["member_forecasts_written"] = int(round(frac * members * n_inits))
         out["member_forecasts_total"] = int(members * n_inits)
         if record is not None and record.get("seconds"):
+            # end to end: everything the stage did (loading checkpoints, breeding, writing) per member-step
             out["member_steps_per_s"] = round(members * n_inits * steps / float(record["seconds"]), 1)
+            engine = (record.get("info") or {}).get("engine") or {}
+            if record.get("shards") == 1 and engine.get("member_steps_per_s"):
+                out["engine_member_steps_per_s"] = round(float(engine["member_steps_per_s"]), 1)
     return out
 
 
@@ -118,7 +122,10 @@ def format_status(status: dict[str, Any]) -> str:
                 f"{row['member_forecasts_total']}"
             )
         if "member_steps_per_s" in row:
-            parts.append(f"{row['member_steps_per_s']} member-steps/s")
+            rate = f"{row['member_steps_per_s']} member-steps/s"
+            if "engine_member_steps_per_s" in row:
+                rate += f" ({row['engine_member_steps_per_s']} in the rollout loop)"
+            parts.append(rate)
         if row.get("error"):
             parts.append(f"error: {row['error']}")
         lines.append("  ".join(parts).rstrip())

@@ -50,6 +50,8 @@ def test_status_shows_failed_and_pending_shards(workflow_file: Path, fake_regist
     assert main(["run", str(workflow_file), "--stage", "forecast", "--shard", "1/2"]) == 1
     err = capsys.readouterr().err
     assert "error: stage forecast shard 1/2 failed: RuntimeError: injected failure in forecast" in err
+    assert "Traceback" not in err  # the traceback goes to the shard's log file only
+    assert "Traceback" in (run / "logs" / "forecast-shard-1-of-2.log").read_text()
     assert main(["status", str(run), "--json"]) == 0
     rows = {r["stage"]: r for r in json.loads(capsys.readouterr().out)["stages"]}
     assert rows["forecast"]["status"] == "failed" and rows["forecast"]["shards"] == {

@@ -192,3 +192,49 @@ def test_skill_calibration_sets_amplitudes(e2e_run, tmp_path: Path) -> None:
     )
     cfg = forecast_config(w, tmp_path / "run", _amplitude(ctx))
     assert cfg["perturbation"]["amplitude"] == skill["amplitude"]
+
+
+def test_train_stage_feeds_the_forecast(e2e_run, tmp_path: Path) -> None:
+    """The train stage (two shards, one seed each) writes real SFNO checkpoints that `checkpoints: train`
+    resolves to, with the skill.json the skill stage turns into amplitudes."""
+    from workflows.runner import read_stage_record, run_stage, run_workflow
+    from workflows.schema import load_workflow_text
+    from workflows.stages import forecast_config
+
+    _, run = e2e_run
+    analysis = Path(run).parent / "analysis.zarr"
+    w = load_workflow_text(
+        f"""
+name: tr
+data:
+  source: {analysis}
+  train: {{start: 2008-01-01, end: 2008-01-10}}
+  validation: {{start: 2008-01-01, end: 2008-01-10}}
+  test: {{start: 2008-01-01, end: 2008-01-10}}
+train:
+  seeds: [3, 4]
+  steps: 2
+  batch_size: 2
+  model: {{embed_dim: 8, num_layers: 1, skill_inits: 2, skill_lead_steps: 8, features: [doy]}}
+forecast: {{checkpoints: train, members: 2, init_times: [2008-01-03], lead_steps: 2}}
+"""
+    )
+    out = tmp_path / "run"
+    run_workflow(w, run_dir=out, stages=["prepare"])
+    for i in (1, 0):
+        assert run_stage(w, out, "train", shard=(i, 2)).status == "done"
+    rec = read_stage_record(out, "train")
+    assert rec["status"] == "done" and rec["outputs"] == {
+        "seed-3": "checkpoints/seed-3",
+        "seed-4": "checkpoints/seed-4",
+    }
+    for seed in (3, 4):
+        meta = json.loads((out / "checkpoints" / f"seed-{seed}" / "metadata.json").read_text())
+        assert meta["seed"] == seed or meta.get("train", {}).get("seed") == seed
+    run_workflow(w, run_dir=out, stages=["skill"])
+    skill = json.loads((out / "skill.json").read_text())
+    tables = list(skill["checkpoints"].values())
+    k = tables[0]["lead_hours"].index(48)
+    assert skill["amplitude"]["z500"] == pytest.approx(0.35 * np.mean([t["rmse"]["z500"][k] for t in tables]))
+    cfg = forecast_config(w, out)
+    assert [Path(c).name for c in cfg["checkpoints"]] == ["seed-3", "seed-4"]
