@@ -147,12 +147,38 @@ def load_config(config: ForecastConfig | dict[str, Any] | str | Path) -> Forecas
         p = Path(config)
         if not p.is_file():
             raise UserError(f"config file not found: {p}")
-        config = yaml.safe_load(p.read_text()) or {}
+        try:
+            config = yaml.safe_load(p.read_text()) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+            problem = getattr(exc, "problem", None) or type(exc).__name__
+            raise UserError(f"{p}: not valid YAML{where}: {problem}") from None
         if isinstance(config, dict) and "forecast" in config and len(config) == 1:
             config = config["forecast"]
     try:
         return ForecastConfig.model_validate(config)
     except ValidationError as exc:
-        err = exc.errors()[0]
+        errors = exc.errors()
+        errors.sort(key=lambda e: e["type"] != "extra_forbidden")  # a typo explains a missing key
+        err = errors[0]
         loc = ".".join(str(x) for x in err["loc"])
-        raise UserError(f"invalid forecast config: {loc}: {err['msg']}") from None
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key" + _did_you_mean(err["loc"])
+        raise UserError(f"invalid forecast config: {loc}: {msg}") from None
+
+
+def _did_you_mean(loc: tuple[Any, ...]) -> str:
+    """``; did you mean 'x'?`` for an unknown key at ``loc``, from the fields of the model there."""
+    import difflib
+
+    cls: Any = ForecastConfig
+    for part in loc[:-1]:
+        field = cls.model_fields.get(part) if isinstance(part, str) else None
+        sub = getattr(field, "annotation", None) if field is not None else None
+        if not (isinstance(sub, type) and issubclass(sub, BaseModel)):
+            return ""
+        cls = sub
+    close = difflib.get_close_matches(str(loc[-1]), list(cls.model_fields), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""

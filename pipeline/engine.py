@@ -375,6 +375,14 @@ def analyses_for(
             f"{np.datetime_as_string(init, 'm')})"
         )
     arr = np.stack([ds[c].sel(time=times).values for c in plan.channels], axis=1).astype(np.float32)
+    finite = np.isfinite(arr)
+    if not finite.all():  # a NaN initial condition would silently yield all-NaN members
+        k, c = np.argwhere(~finite)[0][:2]
+        raise UserError(
+            f"the analysis has {int((~finite).sum())} NaN/infinite value(s) in the initial conditions of "
+            f"init {np.datetime_as_string(init, 'm')} (first: {plan.channels[c]} at "
+            f"{np.datetime_as_string(times[k], 'm')})"
+        )
     return torch.from_numpy(arr).to(device), [np.asarray(t).astype("datetime64[ns]")[()] for t in times]
 
 
