@@ -183,7 +183,11 @@ def store_info(path: str | Path) -> dict[str, Any]:
     }
     if "time" in ds.coords and ds["time"].size:
         t = ds["time"].values
-        info["time"] = {"first": str(t.min()), "last": str(t.max()), "count": int(t.size)}
+        if np.issubdtype(t.dtype, np.datetime64):
+            first, last = (str(np.datetime_as_string(v, unit="s")) for v in (t.min(), t.max()))
+        else:
+            first, last = str(t.min()), str(t.max())
+        info["time"] = {"first": first, "last": last, "count": int(t.size)}
     if "prediction_timedelta" in ds.coords and ds["prediction_timedelta"].size:
         lead = ds["prediction_timedelta"].values
         if np.issubdtype(lead.dtype, np.timedelta64):
@@ -200,6 +204,8 @@ def store_info(path: str | Path) -> dict[str, Any]:
         if "pair" in ds.coords:
             members["pairs"] = int(np.unique(ds["pair"].values).size)
         info["members"] = members
+    if "level" in ds.coords and ds["level"].size:
+        info["levels"] = [float(v) for v in np.atleast_1d(ds["level"].values)]
     if "latitude" in ds.coords and ds["latitude"].size:
         lat = ds["latitude"].values
         info["latitude"] = {"first": float(lat[0]), "last": float(lat[-1]), "count": int(lat.size)}
@@ -217,6 +223,8 @@ def format_info(info: dict[str, Any]) -> str:
         lines.append(f"leads: {lh['first']} h .. {lh['last']} h ({lh['count']})")
     if "members" in info:
         lines.append("members: " + ", ".join(f"{k}={v}" for k, v in info["members"].items()))
+    if "levels" in info:
+        lines.append("levels: " + ", ".join(f"{v:g}" for v in info["levels"]))
     if "latitude" in info:
         la = info["latitude"]
         lines.append(f"latitude: {la['first']} .. {la['last']} ({la['count']})")

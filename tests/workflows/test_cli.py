@@ -137,3 +137,22 @@ def test_info_of_a_forecast_store(tmp_path: Path, capsys) -> None:
     (tmp_path / "junk").mkdir()
     assert main(["info", str(tmp_path / "junk")]) == 2
     assert "cannot open" in capsys.readouterr().err
+
+
+def test_info_of_real_stores(realdata: Path, capsys) -> None:
+    """`wxens info` on real ECMWF/ERA5 samples agrees with what xarray reads from them directly."""
+    for name in ("ifs_ens_z500_europe_1deg.zarr", "era5_eda_members_3deg.zarr"):
+        path = realdata / name
+        if not path.exists():
+            pytest.skip(f"{name} not in the real data folder")
+        ref = xr.open_zarr(path, consolidated=None)
+        assert main(["info", str(path), "--json"]) == 0
+        info = json.loads(capsys.readouterr().out)
+        assert info["dims"] == {str(k): int(v) for k, v in ref.sizes.items()}
+        assert set(info["variables"]) == set(ref.data_vars)
+        assert info["members"]["count"] == ref.sizes["number"]
+        assert info["time"]["count"] == ref.sizes["time"]
+        assert info["levels"] == [float(v) for v in np.atleast_1d(ref["level"].values)]
+        if "prediction_timedelta" in ref.dims:
+            hours = ref["prediction_timedelta"].values.astype("timedelta64[h]").astype(int)
+            assert info["lead_hours"]["first"] == hours.min()
