@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -190,6 +191,9 @@ _STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit code."""
+    # outputs (run directories, stores, manifests) are never world-writable, whatever the umask
+    # (group write follows the user's umask: shared project groups on clusters rely on it)
+    os.umask(os.umask(0o002) | 0o002)
     _register()
     try:
         # without standalone mode click *returns* the code of typer.Exit(n) instead of raising it
