@@ -99,12 +99,15 @@ class ForecastConfig(_Strict):
 
     def init_array(self) -> np.ndarray:
         """Init times as ``datetime64[ns]``."""
-        if isinstance(self.init_times, InitRange):
-            r = self.init_times
-            start, stop = np.datetime64(r.start, "ns"), np.datetime64(r.stop, "ns")
-            out = np.arange(start, stop + np.timedelta64(1, "ns"), np.timedelta64(r.every_hours, "h"))
-        else:
-            out = np.array([np.datetime64(t, "ns") for t in self.init_times])
+        try:
+            if isinstance(self.init_times, InitRange):
+                r = self.init_times
+                start, stop = np.datetime64(r.start, "ns"), np.datetime64(r.stop, "ns")
+                out = np.arange(start, stop + np.timedelta64(1, "ns"), np.timedelta64(r.every_hours, "h"))
+            else:
+                out = np.array([np.datetime64(t, "ns") for t in self.init_times])
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise UserError(f"invalid init_times: {exc}") from None
         if out.size == 0:
             raise UserError("no init times in the config")
         if len(np.unique(out)) != out.size:
@@ -149,10 +152,17 @@ def load_config(config: ForecastConfig | dict[str, Any] | str | Path) -> Forecas
             raise UserError(f"config file not found: {p}")
         try:
             config = yaml.safe_load(p.read_text()) or {}
-        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        except (
+            yaml.YAMLError,
+            UnicodeDecodeError,
+            ValueError,
+            TypeError,
+            OverflowError,
+            RecursionError,
+        ) as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
-            problem = getattr(exc, "problem", None) or type(exc).__name__
+            problem = getattr(exc, "problem", None) or str(exc) or type(exc).__name__
             raise UserError(f"{p}: not valid YAML{where}: {problem}") from None
         if isinstance(config, dict) and "forecast" in config and len(config) == 1:
             config = config["forecast"]
