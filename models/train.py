@@ -182,6 +182,9 @@ def prepare(cfg: TrainConfig, dataset: str | xr.Dataset | None = None) -> dict[s
         ds, [f.removeprefix("static:") for f in cfg.features if f.startswith("static:")], lat
     )
     return {
+        "dataset_attrs": {
+            k: str(ds.attrs[k]) for k in ("world_version", "world_hash", "source") if k in ds.attrs
+        },
         "static": static,
         "dataset_id": dataset_id(dataset if dataset is not None else cfg.dataset),
         "channels": channels,
@@ -338,6 +341,7 @@ def train(
         "seed": int(cfg.seed),
         "dataset": {
             "id": p["dataset_id"],
+            **p.get("dataset_attrs", {}),
             "train_years": list(cfg.train_years),
             "valid_years": list(cfg.valid_years),
             "train_time_range": [
