@@ -23,6 +23,7 @@ import logging
 import platform
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -374,7 +375,7 @@ def analyses_for(
             f"the analysis has no data at {np.datetime_as_string(miss[0], 'm')} (needed for init "
             f"{np.datetime_as_string(init, 'm')})"
         )
-    arr = np.stack([ds[c].sel(time=times).values for c in plan.channels], axis=1).astype(np.float32)
+    arr = _read(ds, plan.channels, times)
     finite = np.isfinite(arr)
     if not finite.all():  # a NaN initial condition would silently yield all-NaN members
         k, c = np.argwhere(~finite)[0][:2]
@@ -386,12 +387,49 @@ def analyses_for(
     return torch.from_numpy(arr).to(device), [np.asarray(t).astype("datetime64[ns]")[()] for t in times]
 
 
+def _read(ds: xr.Dataset, channels: list[str], times: list) -> np.ndarray:
+    """``(T, C, lat, lon)`` float32 of ``channels`` at ``times``, read in one dask computation."""
+    da = ds[list(channels)].sel(time=times).to_array("channel").transpose("time", "channel", ...)
+    return np.asarray(da.values, dtype=np.float32)
+
+
 def truth_at(ds: xr.Dataset, plan: Plan, time: np.datetime64) -> np.ndarray | None:
     """``(C, lat, lon)`` analysis valid at ``time`` (None beyond the analysis)."""
     t = np.asarray(time).astype("datetime64[ns]")[()]
     if t not in ds["time"].values:
         return None
-    return np.stack([ds[c].sel(time=t).values for c in plan.channels]).astype(np.float32)
+    return _read(ds, plan.channels, [t])[0]
+
+
+#: verifying analyses of one init are read in one go when they fit in this many bytes
+TRUTH_CACHE_BYTES = 256 * 2**20
+
+
+class _Truth:
+    """Verifying analyses of one init time: read once for all its units when small enough (one
+    dask computation instead of one per lead and unit), else lead by lead."""
+
+    def __init__(self, ds: xr.Dataset, plan: Plan) -> None:
+        self.ds, self.plan = ds, plan
+        self.init: np.datetime64 | None = None
+        self.block: dict[int, np.ndarray] = {}
+
+    def for_init(self, init: np.datetime64) -> Callable[[int], np.ndarray | None]:
+        plan = self.plan
+        size = (plan.lead_steps + 1) * len(plan.channels) * plan.latitude.size * plan.longitude.size * 4
+        if size > TRUTH_CACHE_BYTES:
+            return functools.partial(_truth_lead, self.ds, plan, init)
+        if self.init is None or self.init != init:
+            avail = self.ds["time"].values
+            times = [
+                np.asarray(init + k * plan.step).astype("datetime64[ns]")[()]
+                for k in range(plan.lead_steps + 1)
+            ]
+            have = [k for k, t in enumerate(times) if t in avail]
+            arr = _read(self.ds, plan.channels, [times[k] for k in have]) if have else None
+            self.block = {k: arr[j] for j, k in enumerate(have)} if arr is not None else {}
+            self.init = init
+        return self.block.get
 
 
 def _truth_lead(ds: xr.Dataset, plan: Plan, init: np.datetime64, lead: int) -> np.ndarray | None:
@@ -471,6 +509,7 @@ def run_forecast(
     t0 = time.time()
     member_steps = 0
     layout = plan.layout
+    truth = _Truth(ds, plan)
     with _progress(cfg.progress) as prog:
         task = prog.add_task(
             "forecast", total=len(todo) * plan.block * plan.lead_steps, members="0", rate="-"
@@ -505,7 +544,7 @@ def run_forecast(
                         plan,
                         unit,
                         members,
-                        functools.partial(_truth_lead, ds, plan, init),
+                        truth.for_init(init),
                     )
 
                 def on_lead(
