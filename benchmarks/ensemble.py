@@ -46,14 +46,17 @@ def sizes(ctx: Context) -> list[dict[str, int]]:
     if ctx.quick:
         return [{"nlat": 32, "nlon": 64, "members": 4, "steps": 2}]
     return [
-        {"nlat": 32, "nlon": 64, "members": 32, "steps": 8},
-        {"nlat": 64, "nlon": 128, "members": 8, "steps": 4},
+        {"nlat": 32, "nlon": 64, "members": 16, "steps": 6},
+        {"nlat": 64, "nlon": 128, "members": 8, "steps": 2},
     ]
 
 
 # ------------------------------------------------------------------------------------------- wxens
-def wxens_config(ana: Path, ckpt: str, members: int, steps: int, device: str) -> dict[str, Any]:
-    return {
+def wxens_config(
+    ana: Path, ckpt: str, members: int, steps: int, device: str, lean: bool = False
+) -> dict[str, Any]:
+    extra = {"model_loader": "benchmarks.ensemble:load_lean_checkpoint"} if lean else {}
+    return extra | {
         "analysis": str(ana),
         "init_times": [str(INIT.astype("datetime64[h]"))],
         "checkpoints": [ckpt],
@@ -69,26 +72,45 @@ def wxens_config(ana: Path, ckpt: str, members: int, steps: int, device: str) ->
 
 
 # ------------------------------------------------------------------------------------------- naive
-def naive_run(ckpt: str, ana: Path, members: int, steps: int, out: Path, device: torch.device) -> None:
-    """Baseline (a): what a user script does: one member at a time, one step at a time."""
+def naive_run(
+    ckpt: str, ana: Path, members: int, steps: int, out: Path, device: torch.device, lean: bool = False
+) -> None:
+    """Baseline (a): what a user script does: one member at a time, one step at a time.
+
+    The same perturbation work as the engine: the library's bred vectors, called for one pair at a
+    time (3 cycles of a control and a perturbed step each), then each member rolled out alone.
+    """
     import xarray as xr
 
     from models.checkpoint import load_checkpoint
+    from pipeline import seeds
+    from pipeline.perturbations import BredVectors
 
     model = load_checkpoint(ckpt, device)
+    if lean:
+        from benchmarks.lean_sfno import LeanNet
+
+        model.net = LeanNet(model.net)
     ds = xr.open_zarr(ana)
-    x0 = torch.from_numpy(np.stack([ds[c].sel(time=INIT).values for c in CHANNELS]).astype(np.float32))
+    cycles = 3
+    times = [INIT - (cycles - k) * STEP for k in range(cycles + 1)]
+    analyses = torch.from_numpy(
+        np.stack([ds[c].sel(time=times).values for c in CHANNELS], axis=1).astype(np.float32)
+    ).to(device)
     rmse = model.rmse_at(48)
-    amp = torch.tensor([ALPHA * rmse[c] for c in CHANNELS])[:, None, None]
-    g = torch.Generator().manual_seed(0)
-    nlat, nlon = x0.shape[-2:]
+    amp = torch.tensor([ALPHA * rmse[c] for c in CHANNELS])
+    bred = BredVectors(amp, model.latitude, model.longitude, seed_channel=0, cycles=cycles)
+    nlat, nlon = analyses.shape[-2:]
     fields = np.empty((members, steps + 1, len(CHANNELS), nlat, nlon), np.float32)
-    for m in range(members):
-        x = (x0 + amp * torch.randn(x0.shape, generator=g))[None].to(device)
-        fields[m, 0] = x[0].cpu().numpy()
-        for s in range(steps):
-            x = model.step(x, INIT + s * STEP)
-            fields[m, s + 1] = x[0].cpu().numpy()
+    for pair in range(members // 2):
+        with torch.inference_mode():
+            d = bred(model, analyses, times, [seeds.generator(0, INIT, 0, pair)])[0]
+        for sign, m in ((1, 2 * pair), (-1, 2 * pair + 1)):
+            x = (analyses[-1] + sign * d)[None]
+            fields[m, 0] = x[0].cpu().numpy()
+            for s in range(steps):
+                x = model.step(x, INIT + s * STEP)
+                fields[m, s + 1] = x[0].cpu().numpy()
     dims = ("time", "number", "prediction_timedelta", "latitude", "longitude")
     out_ds = xr.Dataset(
         {c: (dims, fields[None, :, :, i]) for i, c in enumerate(CHANNELS)},
@@ -101,6 +123,16 @@ def naive_run(ckpt: str, ana: Path, members: int, steps: int, out: Path, device:
         },
     )
     out_ds.to_zarr(out, mode="w", zarr_format=3)
+
+
+def load_lean_checkpoint(path: str) -> Any:
+    """``model_loader`` for the pipeline: the checkpoint with the lean-transform prototype forward."""
+    from benchmarks.lean_sfno import LeanNet
+    from models.checkpoint import load_checkpoint
+
+    model = load_checkpoint(path)
+    model.net = LeanNet(model.net)
+    return model
 
 
 # ------------------------------------------------------------------------------------ earth2studio
@@ -265,6 +297,18 @@ def one_size(
     row["model_single_member_steps_per_s"] = 1 / t_1["median_s"]
     row["model_gflops"] = fl * members / t_b["median_s"] / 1e9
     row["model_fraction_of_matmul_peak"] = row["model_gflops"] / peak["gflops"]
+    from benchmarks.lean_sfno import LeanNet
+
+    ref = model.step(xb, INIT)
+    net = model.net
+    model.net = LeanNet(net)
+    t_l = timeit(lambda m=model, x=xb: m.step(x, INIT), ctx)
+    row["lean_max_abs_diff"] = float((model.step(xb, INIT) - ref).abs().max())
+    model.net = net
+    row["model_lean_member_steps_per_s"] = members / t_l["median_s"]
+    row["lean_speedup_model_only"] = ratio(
+        row["model_lean_member_steps_per_s"], row["model_batched_member_steps_per_s"]
+    )
 
     def measure(name: str, fn: Any, out_of: Any) -> None:
         fn(0)  # warm-up (imports, caches)
@@ -274,6 +318,7 @@ def one_size(
             t = timeit(lambda: fn(next(counter)), ctx, warmup=0)
         row[f"{name}_s"] = t["median_s"]
         row[f"{name}_member_steps_per_s"] = member_steps / t["median_s"]
+        row[f"{name}_cpu_s"] = t["cpu_median_s"]
         row[f"{name}_peak_rss_mib"] = mib(pk.peak_delta)
         row[f"{name}_peak_rss_abs_mib"] = mib(pk.peak)
         if pk.cuda_peak is not None:
@@ -290,8 +335,20 @@ def one_size(
         shutil.rmtree(d, ignore_errors=True)
         naive_run(ckpt, ana, members, steps, d, ctx.device)
 
+    def wl(i: int) -> None:
+        d = root / f"wxlean-{tag}-{i}"
+        shutil.rmtree(d, ignore_errors=True)
+        run_forecast(wxens_config(ana, ckpt, members, steps, str(ctx.device), lean=True), d)
+
+    def nl(i: int) -> None:
+        d = root / f"nvlean-{tag}-{i}.zarr"
+        shutil.rmtree(d, ignore_errors=True)
+        naive_run(ckpt, ana, members, steps, d, ctx.device, lean=True)
+
     measure("wxens", wx, lambda i: root / f"wxens-{tag}-{i}" / "forecast.zarr")
     measure("naive", nv, lambda i: root / f"naive-{tag}-{i}.zarr")
+    measure("wxens_lean", wl, lambda i: root / f"wxlean-{tag}-{i}" / "forecast.zarr")
+    measure("naive_lean", nl, lambda i: root / f"nvlean-{tag}-{i}.zarr")
     if with_e2s:
         for variant, per_sample in (("e2s", True), ("e2s_batched", False)):
 
@@ -304,11 +361,29 @@ def one_size(
     row["wxens_gflops"] = fl * row["wxens_member_steps_per_s"] / 1e9
     row["wxens_fraction_of_matmul_peak"] = row["wxens_gflops"] / peak["gflops"]
     row["speedup_vs_naive"] = ratio(row["wxens_member_steps_per_s"], row["naive_member_steps_per_s"])
+    row["lean_speedup_vs_naive"] = ratio(
+        row["wxens_lean_member_steps_per_s"], row["naive_member_steps_per_s"]
+    )
+    row["lean_speedup_vs_naive_lean"] = ratio(
+        row["wxens_lean_member_steps_per_s"], row["naive_lean_member_steps_per_s"]
+    )
     if with_e2s:
         row["speedup_vs_e2s"] = ratio(row["wxens_member_steps_per_s"], row["e2s_member_steps_per_s"])
+        row["lean_speedup_vs_e2s"] = ratio(
+            row["wxens_lean_member_steps_per_s"], row["e2s_member_steps_per_s"]
+        )
         row["speedup_vs_e2s_batched"] = ratio(
             row["wxens_member_steps_per_s"], row["e2s_batched_member_steps_per_s"]
         )
+    # the same ratios in process CPU time (robust to the other jobs on a shared machine)
+    for k, a, b in (
+        ("cpu_speedup_vs_naive", "wxens", "naive"),
+        ("cpu_lean_speedup_vs_naive", "wxens_lean", "naive"),
+        ("cpu_speedup_vs_e2s", "wxens", "e2s"),
+        ("cpu_speedup_vs_e2s_batched", "wxens", "e2s_batched"),
+    ):
+        if f"{b}_cpu_s" in row:
+            row[k] = ratio(row[f"{b}_cpu_s"], row[f"{a}_cpu_s"])
     row["batching_gain_model_only"] = ratio(
         row["model_batched_member_steps_per_s"], row["model_single_member_steps_per_s"]
     )

@@ -102,6 +102,27 @@ def write_report(res: dict[str, Any]) -> str:
                     ],
                 ),
                 "",
+                "The same ratios in process CPU time (`time.process_time`, less disturbed by the other jobs on",
+                "the machine), and with the lean-transform prototype of the model (`benchmarks/lean_sfno.py`,",
+                "outputs bitwise equal here) in the engine (*wxens lean*) and in the naive loop (*naive lean*):",
+                "",
+                _table(
+                    f["rows"],
+                    [
+                        ("grid", "grid"),
+                        ("cpu_speedup_vs_naive", "CPU × naive"),
+                        ("cpu_speedup_vs_e2s", "CPU × e2s"),
+                        ("cpu_speedup_vs_e2s_batched", "CPU × e2s batched"),
+                        ("wxens_lean_member_steps_per_s", "wxens lean m-s/s"),
+                        ("naive_lean_member_steps_per_s", "naive lean m-s/s"),
+                        ("lean_speedup_vs_naive", "wxens lean × naive"),
+                        ("cpu_lean_speedup_vs_naive", "CPU wxens lean × naive"),
+                        ("lean_speedup_vs_e2s", "wxens lean × e2s"),
+                        ("lean_speedup_model_only", "lean model × model"),
+                        ("lean_max_abs_diff", "lean max abs diff"),
+                    ],
+                ),
+                "",
                 _table(
                     f["rows"],
                     [
@@ -194,9 +215,12 @@ def write_report(res: dict[str, Any]) -> str:
                         ("threads", "threads"),
                         ("wall_s", "wall s"),
                         ("member_steps_per_s", "member-steps/s"),
-                        ("time_per_member_step_vs_smallest", "time/member-step vs smallest"),
+                        ("time_per_member_step_vs_smallest", "wall/member-step vs smallest"),
+                        ("cpu_s", "CPU s"),
+                        ("cpu_per_member_step_vs_smallest", "CPU/member-step vs smallest"),
+                        ("rss_before_run_mib", "RSS before run MiB"),
                         ("peak_rss_mib", "peak RSS MiB"),
-                        ("spill_bytes", "CRPS spill bytes"),
+                        ("spill_bytes", "CRPS spill bytes on disk"),
                         ("scores_bytes", "scores bytes"),
                     ],
                 ),
@@ -206,7 +230,8 @@ def write_report(res: dict[str, Any]) -> str:
                 out += [
                     "",
                     f"Not measured: the full {ex['members']} members. **Extrapolated** linearly from "
-                    f"{ex['from_members']} members: {ex['wall_s'] / 3600:.2f} h wall time and "
+                    f"{ex['from_members']} members: {ex['wall_s'] / 3600:.2f} h wall time "
+                    f"({ex.get('cpu_s', float('nan')) / 3600:.2f} h CPU) and "
                     f"{ex['spill_bytes'] / 1e9:.1f} GB of CRPS spill files on disk ({ex['note']}).",
                 ]
             out += [_targets(f), ""]

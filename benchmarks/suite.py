@@ -28,7 +28,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="smallest sizes (smoke test)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--only", action="append", choices=FIGURES, help="run only this figure (repeatable)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1; see docs/benchmarks.md)")
     p.add_argument("--repeats", type=int, default=None, help="timed repeats per measurement (median)")
     p.add_argument("--out", type=Path, default=HERE, help="where RESULTS.md / results.json go")
     p.add_argument("--workdir", type=Path, default=None, help="scratch directory (default: a temp dir)")
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import os
 
-    n_threads = args.threads or len(os.sched_getaffinity(0))
+    n_threads = args.threads
     torch.set_num_threads(n_threads)
     device = torch.device(args.device)
     tmp = None
@@ -89,19 +89,23 @@ def main(argv: list[str] | None = None) -> int:
         fig["seconds"] = time.perf_counter() - t0
         results["figures"][name] = fig
         log.info("figure %s done in %.1f s", name, fig["seconds"])
-    results["seconds"] = time.perf_counter() - t_all
-    results["machine"]["load_avg_1m_end"] = round(os.getloadavg()[0], 2)
-    from benchmarks.report import write_report
-
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(results, indent=1, default=_json_default) + "\n")
-    (args.out / "RESULTS.md").write_text(write_report(results))
+        results["seconds"] = time.perf_counter() - t_all
+        results["machine"]["load_avg_1m_end"] = round(os.getloadavg()[0], 2)
+        _write(results, args.out)  # after every figure: a killed run keeps what it measured
     log.info(
         "wrote %s and %s (%.0f s)", args.out / "RESULTS.md", args.out / "results.json", results["seconds"]
     )
     if tmp is not None:
         tmp.cleanup()
     return 1 if any("error" in f for f in results["figures"].values()) else 0
+
+
+def _write(results: dict[str, Any], out: Path) -> None:
+    from benchmarks.report import write_report
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=1, default=_json_default) + "\n")
+    (out / "RESULTS.md").write_text(write_report(results))
 
 
 def _json_default(o: Any) -> Any:
