@@ -263,8 +263,8 @@ def counting_loader(path):
 
 def test_each_checkpoint_loaded_once_per_shard(world, tmp_path):
     cfg = base_config(world, model_loader="tests.pipeline.test_engine:counting_loader", batch_size=2)
-    cfg["inline"] = {"enabled": False}
+    cfg.update(inline={"enabled": False}, init_times=["2008-01-02T00", "2008-01-02T06"], lead_steps=1)
     LOADS.clear()
     s = run_forecast(cfg, tmp_path / "loads")
-    assert s["units_computed"] == 3 * 2 * 4  # inits x checkpoints x blocks
+    assert s["units_computed"] == 2 * 2 * 4  # inits x checkpoints x blocks
     assert LOADS == world["checkpoints"][:2]  # checkpoint-major units: one load each
