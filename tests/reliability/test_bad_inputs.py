@@ -600,7 +600,7 @@ def _nothing_complete(run: Path) -> None:
     assert not (run / "COMPLETE").exists()
     assert not list((run / "manifest").glob("*.json")) if (run / "manifest").is_dir() else True
     for rec in run.rglob("stages/*.json"):
-        assert json.loads(rec.read_text()).get("status") != "done" or rec.stem == "prepare", rec
+        assert json.loads(rec.read_text()).get("status") != "done", rec
 
 
 _ROWS: dict[str, dict[str, str]] = {}
@@ -638,13 +638,9 @@ def _redact(line: str, ctx: Ctx) -> str:
 
 
 def test_bad_input_through_the_console_script(ctx, tmp_path):
-    """The same contract through the installed ``wxens`` process for a few cases (the subprocess
+    """The same contract through a ``wxens`` process (the subprocess
     sees real stderr: no warnings, no log lines, no traceback)."""
-    for argv in (
-        ["forecast", ctx.forecast("typo", lead_step=2), "--run-dir", str(tmp_path / "r")],
-        ["forecast", ctx.forecast("nan", analysis=ctx.nan), "--run-dir", str(tmp_path / "r")],
-        ["forecast", ctx.forecast("ok"), "--run-dir", str(tmp_path / "r"), "--shard", "a/b"],
-    ):
+    for argv in (["forecast", ctx.forecast("nan", analysis=ctx.nan), "--run-dir", str(tmp_path / "r")],):
         res = wxens(argv)
         assert res.returncode == 2, res.stderr
         lines = [ln for ln in res.stderr.splitlines() if not _is_library_warning(ln)]

@@ -277,8 +277,9 @@ def test_enospc_hook_then_restart(reference, tmp_path, capsys):
     res = wxens(
         ["forecast", str(reference["config_path"]), "--run-dir", str(run_dir)], fault="enospc:chunk=40"
     )
-    assert res.returncode != 0
-    assert "No space left on device" in res.stderr
+    assert res.returncode == 1
+    assert _last_line(res.stderr).startswith("error: No space left on device: ")
+    assert "Traceback" not in res.stderr
     assert not (run_dir / "COMPLETE").exists()
     done = mf.done_units(run_dir)
     assert 0 < len(done) < 8 and mf.verify(run_dir)["corrupted"] == {}
@@ -325,8 +326,9 @@ def test_enospc_real_tmpfs_then_grow(reference, tmp_path, capsys):
     try:
         run_dir = mnt / "run"
         res = wxens(["forecast", str(reference["config_path"]), "--run-dir", str(run_dir)])
-        assert res.returncode != 0
-        assert "No space left on device" in res.stderr
+        assert res.returncode == 1, res.stderr
+        assert _last_line(res.stderr).startswith("error: No space left on device")
+        assert "Traceback" not in res.stderr
         assert not (run_dir / "COMPLETE").exists()
         done = len(mf.done_units(run_dir))
         assert done < 8 and mf.verify(run_dir)["corrupted"] == {}
