@@ -50,8 +50,9 @@ def _call_pretrained_dir(name: str) -> Path:
     return Path(models.pretrained_dir(name))
 
 
-def _call_train(workflow: Workflow, seed: int, out_dir: Path) -> Path:
-    """Train one checkpoint with ``seed`` into ``out_dir`` (models.train; resumes a partial state)."""
+def _call_train(workflow: Workflow, seeds: Sequence[int], out_dir: Path) -> list[Path]:
+    """Train one checkpoint per seed into ``out_dir/seed-<S>`` (models.train; the training data is
+    loaded once; a partial training state found there is resumed)."""
     import dataclasses
 
     from models import train as mtrain
@@ -65,7 +66,7 @@ def _call_train(workflow: Workflow, seed: int, out_dir: Path) -> Path:
         raise UserError(f"train.model: unknown option(s) {', '.join(unknown)} (see models.train.TrainConfig)")
     cfg = mtrain.TrainConfig(
         dataset=d.source,
-        seed=seed,
+        seed=seeds[0],
         steps=t.steps,
         batch_size=t.batch_size,
         lr=t.learning_rate,
@@ -75,7 +76,15 @@ def _call_train(workflow: Workflow, seed: int, out_dir: Path) -> Path:
         channels=tuple(d.variables) if d.variables else None,
         **t.model,
     )
-    return Path(mtrain.train(cfg, out_dir, progress=False).path)
+    prepared = mtrain.prepare(cfg)
+    out = []
+    for seed in seeds:
+        logger.info("training seed %d -> %s", seed, out_dir / f"seed-{seed}")
+        res = mtrain.train(
+            dataclasses.replace(cfg, seed=seed), out_dir / f"seed-{seed}", prepared=prepared, progress=False
+        )
+        out.append(Path(res.path))
+    return out
 
 
 def _call_checkpoint_skill(
@@ -353,15 +362,17 @@ def stage_train(ctx: StageContext) -> dict[str, Any]:
     assert w.train is not None
     i, n = ctx.shard
     out = ctx.mkdir(w.train.output)
-    written = {}
-    for seed in w.train.seeds[i::n]:
-        target = out / f"seed-{seed}"
-        if _is_checkpoint(target) and (target / "skill.json").is_file():
-            logger.info("checkpoint %s exists, kept", target)
-        else:
-            logger.info("training seed %d -> %s", seed, target)
-            _call_train(w, seed, target)
-        written[f"seed-{seed}"] = _rel(ctx.run_dir, target)
+    mine = list(w.train.seeds[i::n])
+    todo = [
+        s
+        for s in mine
+        if not (_is_checkpoint(out / f"seed-{s}") and (out / f"seed-{s}" / "skill.json").is_file())
+    ]
+    for seed in sorted(set(mine) - set(todo)):
+        logger.info("checkpoint %s exists, kept", out / f"seed-{seed}")
+    if todo:
+        _call_train(w, todo, out)
+    written = {f"seed-{s}": _rel(ctx.run_dir, out / f"seed-{s}") for s in mine}
     return {"outputs": written}
 
 
