@@ -54,6 +54,20 @@ def write_report(res: dict[str, Any]) -> str:
         "measured, and the profile of the rollout: docs/benchmarks.md.",
         "",
         f"- command: `{res['command']}`" + (" (quick sizes)" if res.get("quick") else ""),
+        *(
+            [
+                "- the figures come from separate runs started together (in parallel, to fit the deadline on the "
+                "shared machine); each figure's ratios are within its own run:"
+            ]
+            + [
+                f"  - `{r['command']}`: {', '.join(r['figures'])}; {r['seconds']:.0f} s; load "
+                f"{r['machine']['load_avg_1m']} / {r['machine'].get('load_avg_1m_end', '?')}; matmul peak "
+                f"{r['matmul_peak']['gflops']:.1f} GFLOP/s"
+                for r in res["runs"]
+            ]
+            if res.get("runs")
+            else []
+        ),
         f"- date: {m['date_utc']}; suite wall time {res.get('seconds', 0):.0f} s",
         f"- CPU: {m['cpu']} ({m['cpu_flags']}), {m['logical_cores']} logical cores "
         f"({m['affinity_cores']} usable), {m['ram_gib']} GiB RAM; torch threads {m['torch_threads']}",
@@ -225,12 +239,22 @@ def write_report(res: dict[str, Any]) -> str:
                     ],
                 ),
             ]
+            fit = f.get("fit")
+            if fit:
+                out += [
+                    "",
+                    f"Affine fit over the measured sizes: wall = {fit['wall_fixed_s']:.1f} s + "
+                    f"{fit['wall_s_per_member']:.3f} s x members (max residual {fit['wall_max_rel_residual']:.1%}); "
+                    f"CPU = {fit['cpu_fixed_s']:.1f} s + {fit['cpu_s_per_member']:.3f} s x members "
+                    f"(max residual {fit['cpu_max_rel_residual']:.1%}). The fixed part is process start, model "
+                    "loading and the finalize merge.",
+                ]
             ex = f.get("hens_extrapolation")
             if ex:
                 out += [
                     "",
-                    f"Not measured: the full {ex['members']} members. **Extrapolated** linearly from "
-                    f"{ex['from_members']} members: {ex['wall_s'] / 3600:.2f} h wall time "
+                    f"Not measured: the full {ex['members']} members (largest measured: {ex['from_members']}). "
+                    f"**Extrapolated** with the fit: {ex['wall_s'] / 3600:.2f} h wall time "
                     f"({ex.get('cpu_s', float('nan')) / 3600:.2f} h CPU) and "
                     f"{ex['spill_bytes'] / 1e9:.1f} GB of CRPS spill files on disk ({ex['note']}).",
                 ]

@@ -33,11 +33,59 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=HERE, help="where RESULTS.md / results.json go")
     p.add_argument("--workdir", type=Path, default=None, help="scratch directory (default: a temp dir)")
     p.add_argument("--huge-members", default=None, help="comma-separated member counts of figure 4")
+    p.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="merge these results.json files (runs of different figures) into --out and exit",
+    )
     return p.parse_args(argv)
+
+
+def merge(files: list[Path], out: Path) -> dict[str, Any]:
+    """One results dict from several runs of the suite (each figure keeps its own run's machine line,
+    command and matmul peak, since its ratios come from that run)."""
+    runs = [json.loads(Path(f).read_text()) for f in files]
+    res = dict(runs[0])
+    res["figures"] = {}
+    res["runs"] = []
+    for r in runs:
+        res["runs"].append(
+            {k: r[k] for k in ("command", "machine", "matmul_peak", "seconds") if k in r}
+            | {"figures": list(r["figures"])}
+        )
+        for name, fig in r["figures"].items():
+            if name == "huge" and "huge" in res["figures"] and "rows" in fig:
+                from benchmarks.huge import summarize
+
+                prev = res["figures"]["huge"]
+                steps = fig["rows"][0]["steps"]
+                merged = summarize(prev["rows"] + fig["rows"], steps)
+                merged["command"] = prev["command"] + " ; " + r["command"]
+                merged["seconds"] = prev.get("seconds", 0) + fig.get("seconds", 0)
+                res["figures"]["huge"] = merged
+                continue
+            fig = dict(fig)
+            fig["command"] = r["command"]
+            fig["matmul_peak"] = fig.get("matmul_peak", r["matmul_peak"])
+            res["figures"][name] = fig
+    h = res["figures"].get("huge")
+    if h and "rows" in h:  # one summary (ratios, fit, extrapolation) over all huge-ensemble rows
+        from benchmarks.huge import summarize
+
+        res["figures"]["huge"] = h | summarize(h["rows"], h["rows"][0]["steps"])
+    res["command"] = " ; ".join(r["command"] for r in runs)
+    res["seconds"] = max(r.get("seconds", 0) for r in runs)  # the runs ran in parallel
+    _write(res, out)
+    return res
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    if args.merge:
+        merge(args.merge, args.out)
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     for noisy in ("distributed", "numcodecs", "fsspec", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
