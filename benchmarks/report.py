@@ -60,10 +60,10 @@ def write_report(res: dict[str, Any]) -> str:
                 "shared machine); each figure's ratios are within its own run:"
             ]
             + [
-                f"  - `{r['command']}`: {', '.join(r['figures'])}; {r['seconds']:.0f} s; load "
+                f"  - run {i + 1}: `{r['command']}`: {', '.join(r['figures'])}; {r['seconds']:.0f} s; load "
                 f"{r['machine']['load_avg_1m']} / {r['machine'].get('load_avg_1m_end', '?')}; matmul peak "
                 f"{r['matmul_peak']['gflops']:.1f} GFLOP/s"
-                for r in res["runs"]
+                for i, r in enumerate(res["runs"])
             ]
             if res.get("runs")
             else []
@@ -223,6 +223,7 @@ def write_report(res: dict[str, Any]) -> str:
                     f["rows"],
                     [
                         ("members", "members"),
+                        ("run", "run"),
                         ("checkpoints", "checkpoints"),
                         ("steps", "steps"),
                         ("batch", "batch"),

@@ -50,7 +50,9 @@ def merge(files: list[Path], out: Path) -> dict[str, Any]:
     res = dict(runs[0])
     res["figures"] = {}
     res["runs"] = []
-    for r in runs:
+    for i, r in enumerate(runs):
+        for row in r["figures"].get("huge", {}).get("rows", []):
+            row.setdefault("run", i + 1)
         res["runs"].append(
             {k: r[k] for k in ("command", "machine", "matmul_peak", "seconds") if k in r}
             | {"figures": list(r["figures"])}
