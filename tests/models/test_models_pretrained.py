@@ -100,8 +100,15 @@ def _test_year_rmse(models, world, leads_h):
     return out
 
 
-def test_beats_persistence_to_3_days_and_climatology_at_1_day(models, world) -> None:
-    for seed, c, h, r, rp, rc in _test_year_rmse(models, world, (24, 48, 72)):
+@pytest.fixture(scope="module")
+def test_year_rmse(models, world):
+    return _test_year_rmse(models, world, (24, 48, 72, 96, 120))
+
+
+def test_beats_persistence_to_3_days_and_climatology_at_1_day(test_year_rmse) -> None:
+    for seed, c, h, r, rp, rc in test_year_rmse:
+        if h > 72:
+            continue
         assert r < rp, f"seed {seed} {c} {h} h: {r:.4g} vs persistence {rp:.4g}"
         if h == 24:
             assert r < rc, f"seed {seed} {c} {h} h: {r:.4g} vs climatology {rc:.4g}"
@@ -112,8 +119,8 @@ def test_beats_persistence_to_3_days_and_climatology_at_1_day(models, world) -> 
     reason="known gap (issue 3): the shipped small models lose to climatology beyond ~1-2 days on the frozen "
     "world (persistence already loses to it at 24 h); see docs/models.md",
 )
-def test_beats_climatology_1_to_5_days(models, world) -> None:
-    for seed, c, h, r, _rp, rc in _test_year_rmse(models, world, (24, 48, 72, 96, 120)):
+def test_beats_climatology_1_to_5_days(test_year_rmse) -> None:
+    for seed, c, h, r, _rp, rc in test_year_rmse:
         assert r < rc, f"seed {seed} {c} {h} h: {r:.4g} vs climatology {rc:.4g}"
 
 
@@ -155,7 +162,7 @@ def test_30_day_rollouts_stay_finite(spectra) -> None:
 @pytest.mark.xfail(
     strict=True,
     reason="known gap (issue 3): 30-day rollouts of the shipped models pile up energy at degrees >= 8 "
-    "(up to ~100x the truth); see docs/models.md",
+    "(up to ~300x the truth); see docs/models.md",
 )
 def test_30_day_spectrum_within_factor_2(spectra, models) -> None:
     ch, lmax, _finite, fc_spec, truth = spectra
