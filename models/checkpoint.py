@@ -16,7 +16,6 @@ against the metadata before anything is read from them.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import logging
 import os
@@ -31,6 +30,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from data_catalog.errors import UserError
+from data_catalog.hashing import sha256_file
 from models.wrapper import SFNOForecastModel, build_model
 
 log = logging.getLogger(__name__)
@@ -41,15 +41,6 @@ SKILL = "skill.json"
 FORMAT_VERSION = 1
 _FOREIGN = ("weights.pt", "weights.tar", "weights.pth")
 _STATIC_KEY = "__static__"
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def code_version() -> str:

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline.store import sha256_file
+from data_catalog.hashing import sha256_file
 
 log = logging.getLogger(__name__)
 

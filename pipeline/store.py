@@ -19,7 +19,6 @@ Storage dtypes (error measured in docs/engine.md):
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -198,14 +197,6 @@ class StoreWriter:
             for a, b, off in self._runs(idx):
                 arr[init, a:b] = vals[off : off + (b - a)]
         return [f"nonfinite_step/c/{init}/{cn}" for cn in sorted({int(i) // self.chunk_members for i in idx})]
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def resolve_store(path: str | Path) -> Path:
