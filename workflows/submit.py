@@ -168,6 +168,22 @@ def write_scripts(
         write_text_atomic(job.script, text, mode=0o755)
 
 
+def _prepare(
+    workflow: Workflow,
+    workflow_path: str | Path,
+    run_dir: Path | None,
+    stages: Sequence[str] | None,
+    overrides: dict[str, Any] | None,
+    say: Callable[[str], None] | None,
+) -> tuple[Callable[[str], None], Path, Path, Path, list[Job]]:
+    """Shared start of every scheduler: resolve paths, create the run dir, plan the jobs."""
+    say = say or (lambda line: logger.info("%s", line))
+    cwd = Path.cwd()
+    run_dir = Path(run_dir).resolve() if run_dir else workflow.resolved_run_dir(cwd)
+    make_dir(run_dir)
+    return say, Path(workflow_path).resolve(), cwd, run_dir, plan_jobs(workflow, stages, overrides)
+
+
 def submit_slurm(
     workflow: Workflow,
     workflow_path: str | Path,
@@ -181,12 +197,9 @@ def submit_slurm(
     say: Callable[[str], None] | None = None,
 ) -> list[Job]:
     """Write the job scripts and submit them in stage order, each after the previous one succeeded."""
-    say = say or (lambda line: logger.info("%s", line))
-    workflow_path = Path(workflow_path).resolve()
-    cwd = Path.cwd()
-    run_dir = Path(run_dir).resolve() if run_dir else workflow.resolved_run_dir(cwd)
-    make_dir(run_dir)
-    jobs = plan_jobs(workflow, stages, overrides)
+    say, workflow_path, cwd, run_dir, jobs = _prepare(
+        workflow, workflow_path, run_dir, stages, overrides, say
+    )
     write_scripts(workflow, workflow_path, run_dir, jobs, command or default_command(), cwd)
     exe = shutil.which(sbatch) if not dry_run else sbatch
     if exe is None:
@@ -238,12 +251,9 @@ def run_local(
     say: Callable[[str], None] | None = None,
 ) -> list[Job]:
     """Run every stage's shards as local processes, a stage only after the previous one succeeded."""
-    say = say or (lambda line: logger.info("%s", line))
-    workflow_path = Path(workflow_path).resolve()
-    cwd = Path.cwd()
-    run_dir = Path(run_dir).resolve() if run_dir else workflow.resolved_run_dir(cwd)
-    make_dir(run_dir)
-    plan = plan_jobs(workflow, stages, overrides)
+    say, workflow_path, cwd, run_dir, plan = _prepare(
+        workflow, workflow_path, run_dir, stages, overrides, say
+    )
     base = list(command or default_command())
     for job in plan:
 
