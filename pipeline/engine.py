@@ -9,7 +9,8 @@ Run directory::
     forecast.zarr/   the member store (pipeline.store)
     manifest/        one JSON per finished unit with sha256 of its files (pipeline.manifest)
     locks/           one O_EXCL lock per unit being computed
-    inline/          per-unit mergeable inline-score partials (pipeline.inline)
+    inline/          per-unit inline-score partials and member spills, deleted as soon as their init
+                     is final (inline/final/t<init>.npz); see pipeline.inline
     scores.zarr/     merged inline scores (written when every unit is done)
     COMPLETE         written when every unit is done and merged
 """
@@ -510,6 +511,9 @@ def run_forecast(
     member_steps = 0
     layout = plan.layout
     truth = _Truth(ds, plan)
+    init_names: dict[int, set[str]] = {}
+    for u in units:
+        init_names.setdefault(u.init, set()).add(u.name)
     with _progress(cfg.progress) as prog:
         task = prog.add_task(
             "forecast", total=len(todo) * plan.block * plan.lead_steps, members="0", rate="-"
@@ -537,7 +541,8 @@ def run_forecast(
                 members = unit.members(layout, plan.block)
                 files: list[str] = []
                 scorer = None
-                if cfg.inline.enabled:
+                # a unit recomputed after its init's scores were final (verify --delete) is not rescored
+                if cfg.inline.enabled and not inl.is_final(run_dir, unit.init):
                     scorer = inl.UnitScorer(
                         run_dir,
                         cfg.inline,
@@ -578,16 +583,33 @@ def run_forecast(
                 if writer is not None:
                     nf = writer.write_nonfinite(unit.init, members, first_bad)
                     files.extend(f"{prefix}/{f}" for f in nf)
-                if scorer is not None:
-                    files.extend(scorer.finish(first_bad))
+                transient = scorer.finish(first_bad) if scorer is not None else []
                 if (first_bad >= 0).any():
                     nonfinite[unit.name] = members[first_bad >= 0].tolist()
-                mf.record(run_dir, unit.name, files, {"nonfinite_members": nonfinite.get(unit.name, [])})
+                mf.record(
+                    run_dir,
+                    unit.name,
+                    files,
+                    {"nonfinite_members": nonfinite.get(unit.name, [])},
+                    transient=transient,
+                    released_by=inl.final_file(unit.init),
+                )
                 computed.append(unit.name)
                 done_members += len(members)
                 prog.update(task, members=str(done_members))
             finally:
                 lock.release()
+            if scorer is not None and init_names[unit.init] <= mf.done_units(run_dir):
+                # this init's last unit: merge its scores now and delete its partials and spills
+                inl.ensure_final(
+                    run_dir,
+                    cfg.inline,
+                    plan,
+                    unit.init,
+                    functools.partial(truth_at, ds, plan),
+                    keep=cfg.output.keep,
+                    wait=False,
+                )
     elapsed = time.time() - t0
     all_done = set(u.name for u in units) <= mf.done_units(run_dir)
     finalized = False
@@ -620,7 +642,9 @@ def run_forecast(
 
 
 def finalize(run_dir: Path, cfg: ForecastConfig) -> bool:
-    """Merge inline scores and write ``COMPLETE`` once every unit is done (idempotent; one process)."""
+    """Once every unit is done: finalise the inline scores of the inits not final yet (waiting for
+    another process finalising one), assemble ``scores.zarr`` and write ``COMPLETE`` (idempotent;
+    one process, under ``locks/_finalize.lock``)."""
     from pipeline import inline as inl
 
     if (run_dir / "COMPLETE").is_file():

@@ -10,19 +10,35 @@ state plus a handful of single-lead fields, whatever the number of leads or memb
 term ``sum_{i<j} |x_i - x_j|`` has no fixed-size mergeable summary, so each unit also spills its
 float32 members to ``inline/<unit>/spill.npy`` (a memory map on disk).
 
-When every unit is done, :func:`finalize` merges one ``(init, lead)`` at a time: the partials of all
-units (sums, Chan merge) and the fair CRPS (Ferro 2014) per point from the spills, one latitude band
-at a time sized by ``inline.memory_mb``, in float64. Peak memory: a few ``C x lat x lon`` fields plus
-``M x C x band x lon`` values. Results equal the offline evaluation of the same members up to float
-rounding (tests/pipeline/test_inline.py). Spills are kept (a unit found corrupt by ``verify`` can be
-recomputed and the scores re-merged); delete ``inline/*/spill.npy`` by hand once a run is final.
+Spills and partials are transient: they exist only until their init's scores are final.
+When the last unit of an init is done (whichever process or shard records it; else the run's final
+step), :func:`finalize_init` merges one lead at a time the partials of the init's units (sums, Chan
+merge) and the fair CRPS (Ferro 2014) per point from the spills, one latitude band at a time sized by
+``inline.memory_mb``, in float64, into the init's slices of ``inline/scores.partial.zarr``; fsyncs them;
+writes ``inline/final/t<init>.npz`` (area means, rank histograms, per-member errors) atomically, the
+marker that the init is final; and only then deletes ``inline/<unit>/`` of the init. Peak memory: a
+few ``C x lat x lon`` fields plus ``M x C x band x lon`` values. The manifest lists partials and
+spills as ``transient`` files released by that marker, so a restart after finalisation neither needs
+nor recomputes them, and one before it finds them checksummed. When every init is final,
+:func:`finalize` stacks the markers' small arrays into the partial store and renames it to
+``scores.zarr``. A kill at any moment leaves either the spills (finalisation redone) or the marker
+(leftovers deleted on restart). After a complete run ``inline/`` holds only the markers (kilobytes to
+megabytes; scores-sized, never member-sized). Results equal the offline evaluation of the same members
+up to float rounding (tests/pipeline/test_inline.py). To keep the members, store them
+(``output.keep: members``): the spills are the same float32 values.
+
+Transient disk: an init's spills live from its first unit to its last. Units run checkpoint-major,
+so with one process nearly all spills of a run coexist before the first init is final; to bound the
+disk of a huge run, run it a few init times at a time (separate run dirs).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,15 +48,19 @@ import torch
 import xarray as xr
 import zarr
 
+from data_catalog.errors import UserError
 from data_catalog.grid import area_weights
 from pipeline import seeds
-from pipeline.manifest import atomic_write
+from pipeline.manifest import UnitLock, atomic_write, fsync_dir, fsync_file
 from pipeline.perturbations.sphere import legendre_table
 
 log = logging.getLogger(__name__)
 
 INLINE = "inline"
 SCORES = "scores.zarr"
+FINAL = f"{INLINE}/final"
+PARTIAL = f"{INLINE}/scores.partial.zarr"
+PARTIAL_OK = f"{INLINE}/scores.partial.ok"
 _ACC_FIELDS = ("count", "mean", "m2", "abs_err_sum", "min_abs_err", "n_less", "n_equal")
 
 
@@ -75,6 +95,15 @@ def _lead_file(unit_name: str, lead: int) -> str:
 
 def _spill_file(unit_name: str) -> str:
     return f"{INLINE}/{unit_name}/spill.npy"
+
+
+def final_file(init: int) -> str:
+    """The marker (and area-mean scores) of a finalised init, relative to the run dir."""
+    return f"{FINAL}/t{init:05d}.npz"
+
+
+def is_final(run_dir: Path, init: int) -> bool:
+    return (Path(run_dir) / final_file(init)).is_file()
 
 
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -249,6 +278,196 @@ def _template(path: Path, plan: Any, icfg: Any, keep: str, nd: int) -> None:
     ds.to_zarr(path, mode="w", compute=False, zarr_format=3, consolidated=True)
 
 
+def _fsync_tree(path: Path) -> None:
+    """fsync every file and folder under ``path`` (after the writes of one init, before its marker)."""
+    for p in sorted(path.rglob("*")):
+        (fsync_dir if p.is_dir() else fsync_file)(p)
+    fsync_dir(path)
+
+
+def _save_durable(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write an ``.npz`` atomically and durably (tmp, fsync, rename, fsync of the folder)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)  # type: ignore[arg-type]
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def _n_wavenumbers(plan: Any, icfg: Any) -> int:
+    if not icfg.spectra:
+        return 0
+    return power_spectrum(np.zeros((plan.latitude.size, plan.longitude.size)), plan.latitude).shape[-1]
+
+
+def _ensure_template(run_dir: Path, plan: Any, icfg: Any, keep: str) -> None:
+    """Create ``inline/scores.partial.zarr`` once (metadata only), under a lock; ``.ok`` marks it done."""
+    ok = run_dir / PARTIAL_OK
+    while not ok.is_file():
+        lock = UnitLock(run_dir, "_scores_template")
+        if lock.acquire():
+            try:
+                if not ok.is_file():
+                    shutil.rmtree(run_dir / PARTIAL, ignore_errors=True)  # a killed creation
+                    _template(run_dir / PARTIAL, plan, icfg, keep, _n_wavenumbers(plan, icfg))
+                    _fsync_tree(run_dir / PARTIAL)
+                    atomic_write(ok, "ok")
+            finally:
+                lock.release()
+        else:
+            time.sleep(0.1)
+
+
+def _remove_unit_dirs(run_dir: Path, plan: Any, init: int) -> None:
+    """Delete the partials and member spills of one finalised init (idempotent)."""
+    for u in plan.units():
+        if u.init == init:
+            shutil.rmtree(run_dir / INLINE / u.name, ignore_errors=True)
+
+
+def finalize_init(
+    run_dir: Path,
+    icfg: Any,
+    plan: Any,
+    i: int,
+    truth: Callable[[np.datetime64], np.ndarray | None],
+    keep: str = "members",
+) -> Path:
+    """Merge the partials of every unit of init ``i`` (all done) into its slices of
+    ``inline/scores.partial.zarr`` one lead at a time, write ``inline/final/t<i>.npz`` (the area means,
+    rank histograms and per-member errors, atomically: its presence marks the init final) and then
+    delete the init's partials and spills. Not locked here: see :func:`ensure_final`."""
+    from evaluation.metrics import crps_ensemble
+
+    run_dir = Path(run_dir)
+    _ensure_template(run_dir, plan, icfg, keep)
+    mine = [u for u in plan.units() if u.init == i]
+    nl, nc = plan.lead_steps + 1, len(plan.channels)
+    ny, nx, nm = plan.latitude.size, plan.longitude.size, plan.layout.size
+    nd = _n_wavenumbers(plan, icfg)
+    w = area_weights(plan.latitude)
+    g: Any = zarr.open_group(str(run_dir / PARTIAL), mode="r+")
+    count = np.zeros(nl, np.int64)
+    rank_hist = np.zeros((nl, nc, nm + 1), np.int64)
+    member_rmse = np.full((nm, nl, nc), np.nan)
+    crps_g = np.full((nl, nc), np.nan)
+    mse = np.full((nl, nc), np.nan)
+    spread = np.full((nl, nc), np.nan)
+    spec_m = np.full((nl, nc, nd), np.nan)
+    spec_mean = np.full((nl, nc, nd), np.nan)
+    rows = _band_rows(nm, nc, nx, icfg.memory_mb)
+
+    def amean(a: np.ndarray) -> np.ndarray:
+        return (np.asarray(a, np.float64).mean(-1) * w).mean(-1)
+
+    rng = np.random.default_rng(seeds.derive_seed(0, plan.inits[i], 0, 0, seeds.PURPOSE_RANK_TIES))
+    mms = [np.load(run_dir / _spill_file(u.name), mmap_mode="r") for u in mine] if icfg.crps else []
+    for lead in range(nl):
+        y = truth(plan.inits[i] + lead * plan.step)
+        if y is None or not all((run_dir / _lead_file(u.name, lead)).is_file() for u in mine):
+            continue
+        acc = None
+        spec = None
+        exc: dict[str, np.ndarray] = {}
+        for u in mine:
+            with np.load(run_dir / _lead_file(u.name, lead)) as z:
+                acc = _merge(acc, {k: z[f"acc_{k}"] for k in _ACC_FIELDS})
+                if "spec" in z:
+                    spec = z["spec"] if spec is None else spec + z["spec"]
+                for c in icfg.thresholds:
+                    exc[c] = z[f"exceed_{c}"] if c not in exc else exc[c] + z[f"exceed_{c}"]
+                member_rmse[u.members(plan.layout, plan.block), lead] = z["member_rmse"]
+        assert acc is not None
+        n = acc["count"]
+        m = int(n.max())
+        count[lead] = m
+        mean = np.where(n > 0, acc["mean"], np.nan)
+        var = np.where(n > 1, acc["m2"] / np.where(n > 1, n - 1, 1), np.nan)
+        if keep != "none":
+            g["ensemble_mean"][i, lead] = mean.astype(np.float32)
+        g["variance"][i, lead] = var.astype(np.float32)
+        g["best_member_abs_error"][i, lead] = np.where(n > 0, acc["min_abs_err"], np.nan).astype(np.float32)
+        u_ = rng.random(n.shape)
+        rank = (acc["n_less"] + np.floor(u_ * (acc["n_equal"] + 1))).astype(np.int64)
+        for c in range(nc):
+            ok = n[c] == m
+            rank_hist[lead, c] = np.bincount(rank[c][ok], minlength=nm + 1)[: nm + 1]
+        mse[lead] = amean((mean - y) ** 2)
+        spread[lead] = np.sqrt(amean(var))
+        if spec is not None and m > 0:
+            spec_m[lead] = spec / m
+            spec_mean[lead] = power_spectrum(np.nan_to_num(mean), plan.latitude)
+        for c in icfg.thresholds:
+            ci = plan.channels.index(c)
+            g[f"exceedance_probability_{c}"][i, lead] = (exc[c] / np.where(n[ci] > 0, n[ci], np.nan)).astype(
+                np.float32
+            )
+        if icfg.crps:
+            crps = np.full((nc, ny, nx), np.nan)
+            for r0 in range(0, ny, rows):
+                band = np.concatenate([mm[:, lead, :, r0 : r0 + rows] for mm in mms], axis=0)
+                band = band.astype(np.float64)  # differences of large values (z500): float64 sums
+                crps[:, r0 : r0 + rows] = crps_ensemble(
+                    band, y[:, r0 : r0 + rows].astype(np.float64), member_axis=0, fair=True
+                )
+            g["crps"][i, lead] = crps.astype(np.float32)
+            crps_g[lead] = amean(crps)
+    del mms
+    # the init's chunks reach the disk before the marker that lets its spills go
+    for arr in (run_dir / PARTIAL).iterdir():
+        if (arr / "c" / str(i)).is_dir():
+            _fsync_tree(arr / "c" / str(i))
+    out = run_dir / final_file(i)
+    _save_durable(
+        out,
+        {
+            "count": count,
+            "rank_histogram": rank_hist,
+            "member_rmse": member_rmse,
+            "crps_global": crps_g,
+            "mse": mse,
+            "spread": spread,
+            "power_spectrum_members": spec_m,
+            "power_spectrum_mean": spec_mean,
+        },
+    )
+    _remove_unit_dirs(run_dir, plan, i)
+    log.info("inline scores of init %d final; its partials and member spills deleted", i)
+    return out
+
+
+def ensure_final(
+    run_dir: Path,
+    icfg: Any,
+    plan: Any,
+    i: int,
+    truth: Callable[[np.datetime64], np.ndarray | None],
+    keep: str = "members",
+    wait: bool = True,
+) -> bool:
+    """Finalise init ``i`` (every unit of it done) unless it is final already, under
+    ``locks/_final-t<i>.lock``; another process holding the lock is waited for (``wait``) or left
+    to it. Cleans the leftovers of a process killed after the marker. True when ``i`` is final."""
+    run_dir = Path(run_dir)
+    while not is_final(run_dir, i):
+        lock = UnitLock(run_dir, f"_final-t{i:05d}")
+        if lock.acquire():
+            try:
+                if not is_final(run_dir, i):
+                    finalize_init(run_dir, icfg, plan, i, truth, keep)
+            finally:
+                lock.release()
+        elif not wait:
+            return False
+        else:
+            time.sleep(0.2)
+    _remove_unit_dirs(run_dir, plan, i)
+    return True
+
+
 def finalize(
     run_dir: Path,
     icfg: Any,
@@ -256,105 +475,49 @@ def finalize(
     truth: Callable[[np.datetime64], np.ndarray | None],
     keep: str = "members",
 ) -> Path:
-    """Merge every unit's partials into ``scores.zarr`` one ``(init, lead)`` at a time; the store is
-    written under a temporary name and renamed when complete."""
-    from evaluation.metrics import crps_ensemble
-
+    """Finalise every init not final yet (:func:`ensure_final`), then write the stacked area means,
+    rank histograms and per-member errors into ``inline/scores.partial.zarr`` and rename it to
+    ``scores.zarr``. Idempotent: once renamed, a rerun only checks that ``scores.zarr`` exists."""
     run_dir = Path(run_dir)
-    units = plan.units()
-    nt, nl, nc = len(plan.inits), plan.lead_steps + 1, len(plan.channels)
-    ny, nx, nm = plan.latitude.size, plan.longitude.size, plan.layout.size
-    w = area_weights(plan.latitude)
-    nd = power_spectrum(np.zeros((ny, nx)), plan.latitude).shape[-1] if icfg.spectra else 0
-    tmp = run_dir / f".{SCORES}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    _template(tmp, plan, icfg, keep, nd)
-    g: Any = zarr.open_group(str(tmp), mode="r+")
-    count = np.zeros((nt, nl), np.int64)
-    rank_hist = np.zeros((nt, nl, nc, nm + 1), np.int64)
-    member_rmse = np.full((nt, nm, nl, nc), np.nan)
-    crps_g = np.full((nt, nl, nc), np.nan)
-    mse = np.full((nt, nl, nc), np.nan)
-    spread = np.full((nt, nl, nc), np.nan)
-    spec_m = np.full((nt, nl, nc, nd), np.nan)
-    spec_mean = np.full((nt, nl, nc, nd), np.nan)
-    rows = _band_rows(nm, nc, nx, icfg.memory_mb)
-
-    def amean(a: np.ndarray) -> np.ndarray:
-        return (np.asarray(a, np.float64).mean(-1) * w).mean(-1)
-
+    nt = len(plan.inits)
     for i in range(nt):
-        mine = [u for u in units if u.init == i]
-        rng = np.random.default_rng(seeds.derive_seed(0, plan.inits[i], 0, 0, seeds.PURPOSE_RANK_TIES))
-        mms = [np.load(run_dir / _spill_file(u.name), mmap_mode="r") for u in mine] if icfg.crps else []
-        for lead in range(nl):
-            y = truth(plan.inits[i] + lead * plan.step)
-            if y is None or not all((run_dir / _lead_file(u.name, lead)).is_file() for u in mine):
-                continue
-            acc = None
-            spec = None
-            exc: dict[str, np.ndarray] = {}
-            for u in mine:
-                with np.load(run_dir / _lead_file(u.name, lead)) as z:
-                    acc = _merge(acc, {k: z[f"acc_{k}"] for k in _ACC_FIELDS})
-                    if "spec" in z:
-                        spec = z["spec"] if spec is None else spec + z["spec"]
-                    for c in icfg.thresholds:
-                        exc[c] = z[f"exceed_{c}"] if c not in exc else exc[c] + z[f"exceed_{c}"]
-                    member_rmse[i, u.members(plan.layout, plan.block), lead] = z["member_rmse"]
-            assert acc is not None
-            n = acc["count"]
-            m = int(n.max())
-            count[i, lead] = m
-            mean = np.where(n > 0, acc["mean"], np.nan)
-            var = np.where(n > 1, acc["m2"] / np.where(n > 1, n - 1, 1), np.nan)
-            if keep != "none":
-                g["ensemble_mean"][i, lead] = mean.astype(np.float32)
-            g["variance"][i, lead] = var.astype(np.float32)
-            g["best_member_abs_error"][i, lead] = np.where(n > 0, acc["min_abs_err"], np.nan).astype(
-                np.float32
-            )
-            u_ = rng.random(n.shape)
-            rank = (acc["n_less"] + np.floor(u_ * (acc["n_equal"] + 1))).astype(np.int64)
-            for c in range(nc):
-                ok = n[c] == m
-                rank_hist[i, lead, c] = np.bincount(rank[c][ok], minlength=nm + 1)[: nm + 1]
-            mse[i, lead] = amean((mean - y) ** 2)
-            spread[i, lead] = np.sqrt(amean(var))
-            if spec is not None and m > 0:
-                spec_m[i, lead] = spec / m
-                spec_mean[i, lead] = power_spectrum(np.nan_to_num(mean), plan.latitude)
-            for c in icfg.thresholds:
-                g[f"exceedance_probability_{c}"][i, lead] = (
-                    exc[c] / np.where(n[plan.channels.index(c)] > 0, n[plan.channels.index(c)], np.nan)
-                ).astype(np.float32)
-            if icfg.crps:
-                crps = np.full((nc, ny, nx), np.nan)
-                for r0 in range(0, ny, rows):
-                    band = np.concatenate([mm[:, lead, :, r0 : r0 + rows] for mm in mms], axis=0)
-                    band = band.astype(np.float64)  # differences of large values (z500): float64 sums
-                    crps[:, r0 : r0 + rows] = crps_ensemble(
-                        band, y[:, r0 : r0 + rows].astype(np.float64), member_axis=0, fair=True
-                    )
-                g["crps"][i, lead] = crps.astype(np.float32)
-                crps_g[i, lead] = amean(crps)
-        del mms
-    mcount = count[..., None].astype(np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):  # lead 0 of a control: 0 / 0
-        ssr = np.sqrt((mcount + 1) / np.where(mcount > 0, mcount, np.nan)) * spread / np.sqrt(mse)
-    g["n_members"][...] = count
-    g["rank_histogram"][...] = rank_hist
-    g["member_rmse"][...] = member_rmse
-    g["crps_global"][...] = crps_g
-    g["ensemble_mean_rmse"][...] = np.sqrt(mse)
-    g["spread"][...] = spread
-    g["spread_skill_ratio"][...] = ssr
-    if icfg.spectra:
-        g["power_spectrum_members"][...] = spec_m
-        g["power_spectrum_mean"][...] = spec_mean
+        ensure_final(run_dir, icfg, plan, i, truth, keep)
     final = run_dir / SCORES
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
+    partial = run_dir / PARTIAL
+    if partial.is_dir():
+        parts = []
+        for i in range(nt):
+            with np.load(run_dir / final_file(i)) as z:
+                parts.append({k: z[k] for k in z.files})
+        st = {k: np.stack([p[k] for p in parts]) for k in parts[0]}
+        mcount = st["count"][..., None].astype(np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):  # lead 0 of a control: 0 / 0
+            ssr = (
+                np.sqrt((mcount + 1) / np.where(mcount > 0, mcount, np.nan))
+                * st["spread"]
+                / np.sqrt(st["mse"])
+            )
+        g: Any = zarr.open_group(str(partial), mode="r+")
+        g["n_members"][...] = st["count"]
+        g["rank_histogram"][...] = st["rank_histogram"]
+        g["member_rmse"][...] = st["member_rmse"]
+        g["crps_global"][...] = st["crps_global"]
+        g["ensemble_mean_rmse"][...] = np.sqrt(st["mse"])
+        g["spread"][...] = st["spread"]
+        g["spread_skill_ratio"][...] = ssr
+        if icfg.spectra:
+            g["power_spectrum_members"][...] = st["power_spectrum_members"]
+            g["power_spectrum_mean"][...] = st["power_spectrum_mean"]
+        _fsync_tree(partial)
+        shutil.rmtree(final, ignore_errors=True)
+        partial.rename(final)
+        fsync_dir(run_dir)
+    elif not final.is_dir():
+        raise UserError(
+            f"{run_dir}: every init is final but neither {SCORES} nor {PARTIAL} exists (deleted by hand?); "
+            "the member spills are gone, so rerun the forecast in a new run directory"
+        )
+    (run_dir / PARTIAL_OK).unlink(missing_ok=True)
     atomic_write(run_dir / INLINE / "MERGED", "ok")
     return final
 

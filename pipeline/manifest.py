@@ -5,6 +5,11 @@
   (write ``.tmp`` in the same folder, ``fsync``, ``rename``, ``fsync`` the folder), after all the
   unit's files are written and fsynced: a crash at any moment leaves either no entry (the unit is
   recomputed and its chunks overwritten) or a complete one.
+* **Transient files.** An entry may also list ``transient`` files (inline-score partials and member
+  spills) with a ``released_by`` path: while that path does not exist the transient files must be
+  present and verify like the others; once it exists (the finalised scores that consumed them) they
+  may be gone, and are not checked. So deleting them after finalisation neither makes a restart
+  recompute the unit nor makes ``verify`` report it.
 * ``locks/<unit>.lock`` is created with ``O_CREAT | O_EXCL`` and holds ``{pid, host, time}``. A lock
   whose process is gone (same host, pid not alive) or older than ``stale_after`` seconds (other hosts)
   is stale and taken over; otherwise a second claimant skips the unit.
@@ -122,16 +127,36 @@ def entry_path(run_dir: Path, name: str) -> Path:
     return Path(run_dir) / MANIFEST / f"{name}.json"
 
 
-def record(run_dir: Path, name: str, files: list[str], extra: dict[str, Any] | None = None) -> None:
-    """fsync the unit's files, checksum them and write the manifest entry atomically."""
+def record(
+    run_dir: Path,
+    name: str,
+    files: list[str],
+    extra: dict[str, Any] | None = None,
+    *,
+    transient: list[str] | None = None,
+    released_by: str | None = None,
+) -> None:
+    """fsync the unit's files, checksum them and write the manifest entry atomically.
+
+    ``transient`` files are checked only while ``released_by`` (a path relative to the run dir) does
+    not exist (see the module docstring)."""
     run_dir = Path(run_dir)
-    sums = {}
-    for rel in sorted(set(files)):
-        p = run_dir / rel
-        fsync_file(p)
-        sums[rel] = sha256_file(p)
+
+    def sums_of(paths: list[str]) -> dict[str, str]:
+        out = {}
+        for rel in sorted(set(paths)):
+            p = run_dir / rel
+            fsync_file(p)
+            out[rel] = sha256_file(p)
+        return out
+
     (run_dir / MANIFEST).mkdir(parents=True, exist_ok=True)
-    entry = {"unit": name, "files": sums, "time": time.time(), **(extra or {})}
+    entry: dict[str, Any] = {"unit": name, "files": sums_of(files), "time": time.time(), **(extra or {})}
+    if transient:
+        if released_by is None:
+            raise ValueError("transient files need released_by")
+        entry["transient"] = sums_of(transient)
+        entry["released_by"] = released_by
     atomic_write(entry_path(run_dir, name), json.dumps(entry, indent=1, sort_keys=True))
 
 
@@ -143,9 +168,14 @@ def read_entry(run_dir: Path, name: str) -> dict[str, Any] | None:
 
 
 def check_entry(run_dir: Path, entry: dict[str, Any]) -> list[str]:
-    """Files of ``entry`` that are missing or whose checksum differs."""
+    """Files of ``entry`` that are missing or whose checksum differs (transient files only while
+    their ``released_by`` path does not exist)."""
     bad = []
-    for rel, digest in entry.get("files", {}).items():
+    files = dict(entry.get("files", {}))
+    rel_by = entry.get("released_by")
+    if entry.get("transient") and not (rel_by and (Path(run_dir) / rel_by).exists()):
+        files.update(entry["transient"])
+    for rel, digest in files.items():
         p = Path(run_dir) / rel
         if not p.is_file() or sha256_file(p) != digest:
             bad.append(rel)

@@ -99,6 +99,9 @@ def test_two_shards_write_the_same_store(reference_run, tmp_path):
     assert [p.returncode for p in procs] == [0, 0], errs
     assert (run_dir / "COMPLETE").is_file()
     assert digest(run_dir) == reference_run["digest"]
+    # whichever shard recorded an init's last unit finalised it: no partial or spill is left
+    assert not list((run_dir / "inline").rglob("*.npy")) and not list((run_dir / "inline").glob("t0*"))
+    assert len(list((run_dir / "inline" / "final").glob("*.npz"))) == 3
 
 
 def test_locked_unit_is_refused_stale_lock_taken_over(reference_run, tmp_path):
