@@ -1,0 +1,158 @@
+"""The section-7 experiment at toy scale: (a)-(d) run by the engine, (e) probabilistic climatology,
+results/table/figures/publish, and the target check on analytical cases."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from pipeline import experiment as ex
+from pipeline.testing import synthetic_analysis, write_toy_checkpoint
+
+YEARS = (2005, 2006, 2007)  # reference years of the climatology; 2008 is verified
+
+
+@pytest.fixture(scope="module")
+def toy_world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("experiment")
+    parts = [synthetic_analysis(f"{y}-01-01T00", periods=24, seed=y) for y in (*YEARS, 2008)]
+    ana = root / "analysis.zarr"
+    xr.concat(parts, "time").to_zarr(ana, mode="w", zarr_format=3)
+    for i in range(2):
+        write_toy_checkpoint(root / "ckpts" / f"seed-{i}", seed=i)
+    return root
+
+
+def independent_weights(lat: np.ndarray) -> np.ndarray:
+    """Cell areas of an equiangular grid (cell edges half a spacing either side), mean 1."""
+    d = np.deg2rad(abs(lat[1] - lat[0]) / 2)
+    w = np.sin(np.deg2rad(lat) + d) - np.sin(np.deg2rad(lat) - d)
+    return w / w.mean()
+
+
+@pytest.fixture(scope="module")
+def run(toy_world):
+    out = toy_world / "out"
+    docs = toy_world / "docs"
+    docs.mkdir()
+    (docs / "engine.md").write_text(f"# Engine\n\nbefore\n\n{ex.BEGIN}\nold table\n{ex.END}\n\nafter\n")
+    argv = [str(out), "--inits", "2", "--leads", "8", "--pairs", "1", "--checkpoints", str(toy_world / "ckpts"),
+            "--analysis", str(toy_world / "analysis.zarr"), "--loader", "pipeline.testing:load_toy_checkpoint",
+            "--first", "2008-01-02T00", "--last", "2008-01-03T00", "--publish", str(docs)]  # fmt: skip
+    assert ex.main(argv) == 0
+    return {"out": out, "docs": docs, "res": json.loads((out / "results.json").read_text())}
+
+
+def test_members_leads_and_files(run, capsys):
+    res = run["res"]
+    fc = res["forecasts"]
+    assert {k: v["members"] for k, v in fc.items()} == {
+        "a_bred_x_ckpts": 4, "b_bred_x_1ckpt": 4, "c_ckpts_only": 2, "d_noise_x_ckpts": 4, "e_probclim": 3,
+    }  # fmt: skip
+    assert res["lead_hours"] == [6.0 * k for k in range(9)]
+    assert res["inits"] == ["2008-01-02T00:00", "2008-01-03T00:00"]
+    assert fc["e_probclim"]["reference_years"] == "2005,2006,2007"
+    figs = sorted(p.name for p in (run["out"] / "figures").glob("*.png"))
+    assert figs == sorted(f"{m}_{c}.png" for m in ("crps", "ssr") for c in res["channels"])
+    assert all((run["out"] / "figures" / f).stat().st_size > 5000 for f in figs)
+    legacy = json.loads((run["out"] / "summary.json").read_text())
+    assert set(legacy) == {*ex.RUNS, "inits"} and legacy["c_ckpts_only"]["members"] == 2
+    # the engine runs kept no member-sized inline file
+    for name in ex.RUNS:
+        assert not list((run["out"] / name / "inline").rglob("*.npy"))
+
+
+def test_probclim_equals_brute_force(run, toy_world):
+    res = run["res"]
+    truth = xr.open_zarr(toy_world / "analysis.zarr")
+    lat = truth["latitude"].values
+    w = independent_weights(lat)
+    inits = np.array(["2008-01-02T00", "2008-01-03T00"], dtype="datetime64[ns]")
+    e = res["forecasts"]["e_probclim"]
+    for c in res["channels"]:
+        crps = np.zeros((2, 9))
+        sq = np.zeros((2, 9))
+        var = np.zeros((2, 9))
+        for i, t0 in enumerate(inits):
+            for j in range(9):
+                v = t0 + np.timedelta64(6 * j, "h")
+                y = truth[c].sel(time=v).values.astype(np.float64)
+                x = np.stack(
+                    [truth[c].sel(time=v - np.timedelta64((2008 - yr) * 365 + (yr <= 2004), "D")).values
+                     for yr in YEARS]
+                ).astype(np.float64)  # fmt: skip
+                m = len(x)
+                pt = np.abs(x - y).mean(0) - np.abs(x[:, None] - x[None]).sum((0, 1)) / (2 * m * (m - 1))
+                crps[i, j] = (pt.mean(-1) * w).mean()
+                sq[i, j] = (((x.mean(0) - y) ** 2).mean(-1) * w).mean()
+                var[i, j] = (x.var(0, ddof=1).mean(-1) * w).mean()
+        np.testing.assert_allclose(e["crps"][c], crps.mean(0), rtol=1e-6)
+        np.testing.assert_allclose(e["rmse_mean"][c], np.sqrt(sq.mean(0)), rtol=1e-6)
+        ssr = np.sqrt(4 / 3) * np.sqrt(var.mean(0)) / np.sqrt(sq.mean(0))
+        np.testing.assert_allclose(e["spread_skill"][c], ssr, rtol=1e-6)
+
+
+def test_engine_runs_match_their_inline_scores(run):
+    res = run["res"]
+    for name in ex.RUNS:
+        sc = xr.open_zarr(run["out"] / name / "scores.zarr").load()
+        f = res["forecasts"][name]
+        m = f["members"]
+        for k, c in enumerate(res["channels"]):
+            np.testing.assert_allclose(f["crps"][c], sc["crps_global"].values[:, :, k].mean(0), rtol=1e-12)
+            rmse = np.sqrt((sc["ensemble_mean_rmse"].values[:, :, k] ** 2).mean(0))
+            spread = np.sqrt((sc["spread"].values[:, :, k] ** 2).mean(0))
+            ssr = np.sqrt((m + 1) / m) * spread[1:] / rmse[1:]
+            np.testing.assert_allclose(f["spread_skill"][c][1:], ssr, rtol=1e-12)
+            assert f["spread_skill"][c][0] is None  # lead 0: centred on the analysis, undefined
+            if name != "c_ckpts_only":  # +/- pairs centred on the analysis: no spread-free lead 0
+                assert f["crps"][c][0] > 0
+    # unperturbed checkpoints all start on the analysis
+    assert all(v[0] == 0.0 for v in res["forecasts"]["c_ckpts_only"]["crps"].values())
+
+
+def test_table_target_and_publish(run):
+    res, docs = run["res"], run["docs"]
+    md = (run["out"] / "results.md").read_text()
+    for c in res["channels"]:
+        assert f"**{c}**" in md and f"![CRPS vs lead, {c}](figures/crps_{c}.png)" in md
+    assert md.count("| 24 | ") == len(res["channels"])  # daily rows only
+    assert "| 6 | " not in md
+    for c, t in res["target"].items():
+        assert t["pass"] == (t["crps_lowest"] and t["ssr_in_range"])
+        a = res["forecasts"]["a_bred_x_ckpts"]["spread_skill"][c]
+        assert t["ssr_min"] == pytest.approx(min(a[8:]))  # the 48 h lead is the only one of days 2-10
+    page = (docs / "engine.md").read_text()
+    assert page.startswith("# Engine\n\nbefore\n\n") and page.endswith("\n\nafter\n")
+    assert "old table" not in page and f"({ex.FIG_DIR}/ssr_vo500.png)" in page
+    assert len(list((docs / ex.FIG_DIR).glob("*.png"))) == 2 * len(res["channels"])
+    ex.publish(res, run["out"] / "figures", docs)  # idempotent: one block
+    again = (docs / "engine.md").read_text()
+    assert again == page and again.count(ex.BEGIN) == 1
+
+
+def _res(crps: dict[str, list[float]], ssr_a: list[float]) -> dict:
+    fc = {
+        name: {"label": ex.labels(4)[name], "members": 8, "crps": {"x": v}, "spread_skill": {"x": ssr_a}}
+        for name, v in crps.items()
+    }
+    return {"lead_hours": [0.0, 24.0, 48.0, 72.0, 264.0], "channels": ["x"], "forecasts": fc}
+
+
+def test_target_check_analytical():
+    others = [1.0, 2.0, 3.0, 4.0, 5.0]
+    good = {"a_bred_x_ckpts": [9.0, 1.9, 2.9, 3.9, 4.9]} | {n: others for n in (*ex.RUNS[1:], ex.CLIM)}
+    # lead 0 and leads beyond day 10 do not count for the SSR, lead 0 not for the CRPS
+    t = ex.target_check(_res(good, [np.nan, 0.5, 0.8, 1.2, 3.0]))["x"]
+    assert t["pass"] and t["reasons"] == [] and (t["ssr_min"], t["ssr_max"]) == (0.8, 1.2)
+    bad = dict(good, b_bred_x_1ckpt=[1.0, 2.0, 2.9, 4.0, 5.0])  # (b) ties (a) at 48 h
+    t = ex.target_check(_res(bad, [np.nan, 0.5, 0.79, 1.1, 1.0]))["x"]
+    assert not t["pass"] and not t["crps_lowest"] and not t["ssr_in_range"]
+    assert t["reasons"] == ["(b) CRPS <= (a) at 48 h", "(a) SSR 0.79-1.10 over days 2-10 (outside at 48 h)"]
+    short = _res(good, [np.nan, 1.0, 1.0, 1.0, 1.0])
+    short["lead_hours"] = [0.0, 6.0, 12.0, 18.0, 30.0]  # no lead of days 2-10
+    t = ex.target_check(short)["x"]
+    assert t["crps_lowest"] and not t["ssr_in_range"] and t["reasons"] == ["no lead in days 2-10"]
