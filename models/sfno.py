@@ -50,6 +50,11 @@ class SFNOConfig:
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
+#: target size of one ``embed_dim`` field of a CPU chunk (:meth:`SFNO.cpu_chunk`); measured best for
+#: 64x32 (4 members) and 128x64 (1 member) with 1 thread on a 2 MiB-L2 core
+CPU_CHUNK_BYTES = 2**20
+
+
 def internal_shape(nlat: int, scale_factor: float) -> tuple[int, int]:
     """Internal Legendre-Gauss grid ``(h, 2h)`` with ``h = ceil(nlat / scale_factor)``."""
     if scale_factor < 1:
@@ -79,14 +84,68 @@ class SpectralConv(nn.Module):
         with torch.no_grad():
             self.weight.copy_(w)
 
+    def real_kernel(self) -> torch.Tensor:
+        """The complex kernel as real ``(lmax, 2 in, 2 out)`` matrices acting on interleaved
+        ``(re, im)`` channel vectors: ``[re, im] @ [[Kr, Ki], [-Ki, Kr]]``."""
+        kr = self.weight.real.permute(2, 1, 0)  # (l, in, out)
+        ki = self.weight.imag.permute(2, 1, 0)
+        blocks = torch.stack([torch.stack([kr, ki], dim=-1), torch.stack([-ki, kr], dim=-1)], dim=2)
+        lmax, n_in, _, n_out, _ = blocks.shape  # (l, in, re/im in, out, re/im out)
+        return blocks.reshape(lmax, 2 * n_in, 2 * n_out)
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         dtype = x.dtype
+        b, c = x.shape[:2]
         with torch.autocast(device_type=x.device.type, enabled=False):
             x = x.float()
-            coeffs = self.sht(x)  # (B, C, L, M)
-            residual = self.isht(coeffs) if self.resample else x
-            y = self.isht(torch.einsum("bilm,oil->bolm", coeffs, self.weight))
-        return y.to(dtype), residual.to(dtype)
+            coeffs = grid_to_spectral(self.sht, x)  # (M, L, B*C*2)
+            residual = spectral_to_grid(self.isht, coeffs, b, c) if self.resample else x
+            m, lmax, _ = coeffs.shape
+            # degree-wise kernel: one real (M*B, 2C) @ (2C, 2O) matmul per degree l
+            cl = coeffs.view(m, lmax, b, 2 * c).transpose(0, 1).reshape(lmax, m * b, 2 * c)
+            k = self.real_kernel()
+            o = k.shape[-1] // 2
+            y = torch.bmm(cl, k).view(lmax, m, b * 2 * o).transpose(0, 1)  # (M, L, B*O*2)
+            out = spectral_to_grid(self.isht, y, b, o)
+        return out.to(dtype), residual.to(dtype)
+
+
+def grid_to_spectral(sht: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Forward real SHT of ``x`` ``(B, C, nlat, nlon)`` with the Legendre table ``weights (m, l, k)``
+    of the torch-harmonics ``RealSHT`` ``sht``: real ``(mmax, lmax, B*C*2)``, ``(re, im)`` innermost.
+
+    The same maths as ``sht(x)`` (rfft in longitude, then the quadrature per order ``m``), laid out so
+    that the contraction over latitude is one batched matmul over ``m``.
+    """
+    b, c, nlat, nlon = x.shape
+    mmax = sht.mmax
+    if mmax > nlon // 2 + 1:
+        raise ValueError(f"mmax={mmax} exceeds the {nlon // 2 + 1} Fourier modes of {nlon} longitudes")
+    f = torch.fft.rfft(x, dim=-1, norm="forward")[..., :mmax]  # (B, C, K, M) complex
+    xp = torch.view_as_real(f).permute(3, 2, 0, 1, 4).reshape(mmax, nlat, b * c * 2)
+    return torch.bmm(sht.weights.to(x.dtype), xp)
+
+
+def spectral_to_grid(isht: nn.Module, coeffs: torch.Tensor, b: int, c: int) -> torch.Tensor:
+    """Inverse real SHT of ``coeffs`` ``(mmax, lmax, B*C*2)`` with the Legendre table ``pct (m, k, l)``
+    of the torch-harmonics ``InverseRealSHT`` ``isht``: ``(B, C, nlat, nlon)``.
+
+    As ``torch_harmonics.fft.irfft``, the imaginary parts of the ``m = 0`` (and Nyquist) modes are
+    dropped (zeroed) before the inverse FFT.
+    """
+    mmax = coeffs.shape[0]
+    nlon = isht.nlon
+    nfreq = nlon // 2 + 1
+    g = torch.bmm(isht.pct.to(coeffs.dtype), coeffs)  # (M, K, B*C*2)
+    nlat = g.shape[1]
+    g = g.view(mmax, nlat, b, c, 2)
+    # in place on the matmul output (not saved for the backward pass)
+    g[0, ..., 1] = 0.0
+    if nlon % 2 == 0 and nlon // 2 < mmax:
+        g[nlon // 2, ..., 1] = 0.0
+    # one copy: (M, K, B, C, 2) -> (B, C, K, nfreq, 2), zero-padded to all nfreq modes
+    g = nn.functional.pad(g.permute(2, 3, 1, 0, 4), (0, 0, 0, nfreq - mmax))
+    return torch.fft.irfft(torch.view_as_complex(g), n=nlon, dim=-1, norm="forward")
 
 
 class SFNOBlock(nn.Module):
@@ -110,7 +169,7 @@ class SFNOBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y, residual = self.spec(x)
         h = self.act(y + self.skip(residual))
-        return self.fc2(self.act(self.fc1(h))) + residual
+        return self.fc2(self.act(self.fc1(h)), add=residual)
 
 
 class Pointwise(nn.Module):
@@ -124,11 +183,16 @@ class Pointwise(nn.Module):
         self.weight = nn.Parameter(torch.zeros(out_ch, in_ch))
         self.bias = nn.Parameter(torch.zeros(out_ch)) if bias else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, add: torch.Tensor | None = None) -> torch.Tensor:
+        """``W x + c``, plus ``add`` (same shape as the output) fused into the matmul when given."""
         b, _, h, w = x.shape
         xf = x.reshape(b, -1, h * w)
         wt = self.weight.to(x.dtype).expand(b, -1, -1)  # stride-0 batch: no copy
-        if self.bias is None:
+        if add is not None:
+            y = torch.baddbmm(add.reshape(b, -1, h * w), wt, xf)
+            if self.bias is not None:
+                y = y + self.bias.to(x.dtype)[None, :, None]
+        elif self.bias is None:
             y = torch.bmm(wt, xf)
         else:
             y = torch.baddbmm(self.bias.to(x.dtype)[None, :, None], wt, xf)
@@ -208,7 +272,22 @@ class SFNO(nn.Module):
         _init_conv(self.decoder, generator, gain=0.01)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Map ``(B, in_chans, nlat, nlon)`` to ``(B, out_chans, nlat, nlon)``."""
+        """Map ``(B, in_chans, nlat, nlon)`` to ``(B, out_chans, nlat, nlon)``.
+
+        On CPU a large batch runs in chunks of :meth:`cpu_chunk` members (members are independent), so
+        that the working fields stay in the core's cache (the pass is memory-bound otherwise: at
+        128x64, 8 members at once ran ~1.4x slower per member than one at a time; docs/benchmarks.md).
+        """
+        n = self.cpu_chunk() if x.device.type == "cpu" else x.shape[0]
+        if x.shape[0] <= n:
+            return self._forward(x)
+        return torch.cat([self._forward(part) for part in x.split(n)])
+
+    def cpu_chunk(self) -> int:
+        """Members per chunk on CPU: one ``embed_dim`` field of a chunk is about 1 MiB (>= 1 member)."""
+        return max(1, CPU_CHUNK_BYTES // (self.config.embed_dim * self.nlat * self.nlon * 4))
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.encoder(x)
         for b in self.blocks:
             x = b(x)
