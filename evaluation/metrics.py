@@ -201,11 +201,14 @@ def _concat(parts: list[Any], like: Any) -> Any:
 def _crps_sums(f: Any, y: Any) -> tuple[Any, Any, Any]:
     """Per point: (effective member count m, sum_i |x_i - y|, sum_{i<j} |x_j - x_i|).
 
-    ``f`` has members last (float64), ``y`` the point shape. NaN members are dropped per point.
-    The pair sum uses the sorted values: ``sum_{i<j} |x_(j) - x_(i)| = sum_i (2i - m - 1) x_(i)``
-    (1-indexed ranks), computed on ``x - y`` to limit cancellation (the sum is translation invariant).
+    ``f`` has members last (any floating dtype; the sums are float64), ``y`` the point shape (float64).
+    NaN members are dropped per point. The pair sum uses the sorted values:
+    ``sum_{i<j} |x_(j) - x_(i)| = sum_i (2i - m - 1) x_(i)`` (1-indexed ranks), computed on ``x - y`` to
+    limit cancellation (the sum is translation invariant).
     """
-    d = f - y[..., None]
+    if not bool(_isnan(f).any()):
+        return _crps_sums_complete(f, y)
+    d = _f64(f) - y[..., None]
     valid = ~_isnan(d)
     m = _count(valid)
     d0 = _where(valid, d, 0.0)
@@ -217,6 +220,20 @@ def _crps_sums(f: Any, y: Any) -> tuple[Any, Any, Any]:
     coef = 2.0 * rank - m[..., None] - 1.0
     pair_sum = _sum(_where(svalid, coef * s0, 0.0), axis=-1)
     return m, skill_sum, pair_sum
+
+
+def _crps_sums_complete(f: Any, y: Any) -> tuple[Any, Any, Any]:
+    """:func:`_crps_sums` without NaN members: the members are sorted in their own dtype (the order of
+    ``x - y`` is that of ``x``; float64 conversion and the subtraction are monotone), then the pair sum
+    is one matrix-vector product of the sorted rows with ``2i - m - 1``."""
+    n = int(f.shape[-1])
+    d = _f64(_sort(f, axis=-1)) - y[..., None]
+    coef = 2.0 * (_arange(n, d) + 1.0) - n - 1.0
+    if _is_torch(d):
+        m = torch.full(d.shape[:-1], float(n), dtype=d.dtype, device=d.device)
+    else:
+        m = np.full(d.shape[:-1], float(n), dtype=d.dtype)
+    return m, _sum(abs(d), axis=-1), d @ coef
 
 
 def crps_components(
@@ -238,7 +255,7 @@ def crps_components(
     rows = max(1, CHUNK_ELEMENTS // max(1, n_members))
     skill_parts, spread_parts = [], []
     for start in range(0, n_points, rows):
-        fc, yc = _f64(f[start : start + rows]), _f64(y[start : start + rows])
+        fc, yc = f[start : start + rows], _f64(y[start : start + rows])
         sk, sp = _crps_terms(fc, yc, fair)
         skill_parts.append(sk)
         spread_parts.append(sp)

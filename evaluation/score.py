@@ -88,6 +88,9 @@ SCALAR_METRICS: tuple[str, ...] = (
 THRESHOLD_METRICS: tuple[str, ...] = ("brier", "roc_auc")
 
 _SPATIAL = ("latitude", "longitude")
+#: the scorer reads the verifying truth at once (not per lead, lazily) up to this size (it goes into the
+#: task graph: kept small for distributed schedulers)
+TRUTH_LOAD_MAX_BYTES = 32 * 2**20
 _BASE_STATS = ("w", "crps", "skill", "spread", "se", "var", "ae")
 _NB = len(_BASE_STATS)
 _MAX_EXACT_LEVELS = 50  # up to this many members, one probability level per k/M
@@ -224,9 +227,19 @@ def _grid_match(forecast: xr.Dataset, truth: xr.Dataset) -> xr.Dataset:
     return sub.assign_coords(latitude=fl, longitude=fo)
 
 
-def align_truth(forecast: xr.Dataset, truth: xr.Dataset, variables: Sequence[str]) -> xr.Dataset:
+def align_truth(
+    forecast: xr.Dataset,
+    truth: xr.Dataset,
+    variables: Sequence[str],
+    load_max_bytes: int = 0,
+) -> xr.Dataset:
     """Verifying truth ``(time, prediction_timedelta, latitude, longitude)`` at valid time
-    ``init + lead`` for every forecast init and lead (lazy; one selection per lead)."""
+    ``init + lead`` for every forecast init and lead.
+
+    Lazy (one selection per lead), unless the truth at the distinct valid times takes at most
+    ``load_max_bytes``: then those times are read at once and the result is in memory (the truth of an
+    ensemble is ``1 / members`` of the forecast; this saves a selection graph per lead).
+    """
     inits = forecast["time"].values
     leads = forecast["prediction_timedelta"].values
     valid = inits[:, None] + leads[None, :]
@@ -243,6 +256,16 @@ def align_truth(forecast: xr.Dataset, truth: xr.Dataset, variables: Sequence[str
         raise UserError(
             f"truth lacks variable(s) {', '.join(absent)}; it has {', '.join(map(str, truth.data_vars))}"
         )
+    idx = tt.get_indexer(valid.ravel())
+    uniq, inverse = np.unique(idx, return_inverse=True)
+    point_bytes = sum(
+        int(np.prod([truth[v].sizes[d] for d in _SPATIAL])) * truth[v].dtype.itemsize for v in variables
+    )
+    if load_max_bytes > 0 and uniq.size * point_bytes <= load_max_bytes:
+        sub = truth[list(variables)].isel(time=uniq).load().drop_vars("time")
+        pick = xr.DataArray(inverse.reshape(valid.shape), dims=("time", "prediction_timedelta"))
+        out = sub.isel(time=pick).assign_coords(time=inits, prediction_timedelta=leads)
+        return out.transpose("time", "prediction_timedelta", *_SPATIAL)
     per_lead = []
     for j in range(len(leads)):
         sel = truth[list(variables)].sel(time=valid[:, j])
@@ -355,7 +378,10 @@ def _block_stats(
     """
     t, m, nl, ny, nx = fc.shape
     r = masks.shape[-1]
-    f = np.moveaxis(fc.astype(np.float64), 1, -1)  # (t, l, y, x, M)
+    # members last, contiguous, in the store's own dtype (sorting and comparisons are exact in it)
+    f = np.ascontiguousarray(np.moveaxis(fc, 1, -1))  # (t, l, y, x, M)
+    if not np.issubdtype(f.dtype, np.floating):
+        f = f.astype(np.float64)
     y = obs.astype(np.float64)
     levels = _prob_levels(m)
     n_th = len(thresholds)
@@ -364,16 +390,25 @@ def _block_stats(
     use_fair = fair and m > 1
     skill, spread = metrics.crps_components(f, y, member_axis=-1, fair=use_fair)
     crps = skill - 0.5 * spread
-    xbar = np.nanmean(f, axis=-1) if m > 1 else f[..., 0]
+    finite = bool(np.isfinite(f).all())
+    if m == 1:
+        xbar, var = f[..., 0].astype(np.float64), np.zeros_like(y)
+    elif finite:  # no NaN to skip: plain float64 moments
+        xbar = f.mean(axis=-1, dtype=np.float64)
+        dev = f - xbar[..., None]  # float64
+        var = np.einsum("...i,...i->...", dev, dev) / (m - 1)
+    else:
+        xbar = np.nanmean(f.astype(np.float64), axis=-1)
+        var = np.nanvar(f.astype(np.float64), axis=-1, ddof=1)
     err = xbar - y
-    var = np.nanvar(f, axis=-1, ddof=1) if m > 1 else np.zeros_like(y)
     valid = np.isfinite(crps) & np.isfinite(err) & np.isfinite(var)
-    full = valid & np.all(np.isfinite(f), axis=-1)
+    full = valid if finite else valid & np.all(np.isfinite(f), axis=-1)
 
     # random tie-breaking (Hamill 2001): a uniform per point from a counter-based hash of
     # (seed, init, lead, grid point), so the ranks do not depend on the chunking or the scheduler
-    less = np.sum(f < y[..., None], axis=-1)
-    eq = np.sum(f == y[..., None], axis=-1)
+    # (comparisons of the store's values with float64 observations are exact)
+    less = np.count_nonzero(f < y[..., None], axis=-1)
+    eq = np.count_nonzero(f == y[..., None], axis=-1)
     u = _point_uniforms(seed, init_ns, lead_ns, lat_index, nx)
     rank = (less + np.floor(u * (eq + 1))).astype(np.int64)
 
@@ -392,13 +427,14 @@ def _block_stats(
                 out[i, j, 0, k, _NB : _NB + m + 1] = np.bincount(rr, minlength=m + 1)[: m + 1]
     base = _NB + m + 1
     nlev = len(levels)
+    f64 = f.astype(np.float64) if np.isfinite(thresholds).any() else None
     for q, thr in enumerate(thresholds):
         off = base + q * (3 + 3 * nlev)
         if not np.isfinite(thr):
             continue
-        p, _ = metrics.event_probability(f, thr, member_axis=-1)
+        p, _ = metrics.event_probability(f64, thr, member_axis=-1)
         o = (y > thr).astype(np.float64)
-        bs = metrics.brier_score(f, y, threshold=thr, member_axis=-1, fair=use_fair)
+        bs = metrics.brier_score(f64, y, threshold=thr, member_axis=-1, fair=use_fair)
         ok = valid & np.isfinite(p) & np.isfinite(bs)
         for k in range(r):
             wk = np.where(masks[..., k] & ok, w_pt, 0.0)
@@ -601,7 +637,7 @@ def _score_one(
             f"forecast lacks variable(s) {', '.join(missing)}; it has {', '.join(map(str, fc.data_vars))}"
         )
     truth = _grid_match(fc, normalize_truth(truth))
-    obs = align_truth(fc, truth, variables)
+    obs = align_truth(fc, truth, variables, load_max_bytes=TRUTH_LOAD_MAX_BYTES)
     lat, lon = fc["latitude"].values, fc["longitude"].values
     weights = _area_weights(lat)
     masks = _region_masks(regions, lat, lon)
