@@ -502,7 +502,8 @@ def stage_score(ctx: StageContext) -> dict[str, Any]:
         raise UserError("no forecast store to score; run the forecast stage first")
     truth = w.score.truth or w.data.source
     out = ctx.path(w.score.output)
-    with dask_cluster(w.score.dask) as where:
+    # SLURM worker jobs of mode 'slurm' write their output beside the stage logs
+    with dask_cluster(w.score.dask, log_directory=ctx.run_dir / "logs" / "dask") as where:
         logger.info("scoring %s against %s on %s", forecast_path.name, truth, where)
         scores = _call_score(w, _call_open_forecast(forecast_path), truth)
         scores = scores.compute() if hasattr(scores, "compute") else scores

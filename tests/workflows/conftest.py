@@ -37,3 +37,21 @@ def fake_registry(monkeypatch: pytest.MonkeyPatch):
 
     monkeypatch.setattr(stages, "REGISTRY", dict(FAKE_REGISTRY))
     return stages.REGISTRY
+
+
+@pytest.fixture
+def fake_slurm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """sbatch / scancel / squeue on PATH that run jobs as detached local processes (fake_slurm.py).
+
+    Every job process still alive at the end is killed (the tests assert that none is left)."""
+    import os
+
+    from fake_slurm import install
+
+    slurm = install(tmp_path / "slurm")
+    monkeypatch.setenv("PATH", f"{slurm.bindir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_SLURM_DIR", str(slurm.state))
+    try:
+        yield slurm
+    finally:
+        slurm.kill_all()

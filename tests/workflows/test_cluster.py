@@ -40,3 +40,47 @@ def test_address_and_slurm_errors() -> None:
         with pytest.raises(UserError, match=r"pip install 'wxens\[slurm\]'"):
             with dask_cluster(DaskOptions(mode="slurm")):
                 pass
+
+
+def test_slurm_cluster_runs_on_worker_jobs_and_cancels_them(fake_slurm, tmp_path) -> None:
+    """A real dask-jobqueue SLURMCluster: its worker jobs go through (fake) sbatch, start as
+    processes, connect and compute; leaving the block scancels them and every process ends."""
+    pytest.importorskip("dask_jobqueue")
+    import os
+
+    from distributed import get_client, get_task_stream
+
+    from workflows.schema import DaskSlurm
+
+    opts = DaskOptions(
+        mode="slurm", slurm=DaskSlurm(jobs=2, cores=1, memory="1GB", walltime="00:05:00", account="proj")
+    )
+    logs = tmp_path / "logs"
+    with dask_cluster(opts, log_directory=logs) as where:
+        assert where.startswith("dask SLURMCluster (2 jobs x 1 cores, scheduler tcp://")
+        client = get_client()
+        client.wait_for_workers(2, timeout=120)
+        jobs = fake_slurm.jobs()
+        assert len(jobs) == 2
+        pids = client.run(os.getpid)  # worker address -> pid
+        assert len(pids) == 2 and os.getpid() not in pids.values()
+        assert set(pids.values()) <= set(fake_slurm.alive())  # the workers are the sbatch'ed processes
+        with get_task_stream() as ts:
+            assert _work() == EXPECTED
+        assert ts.data and {t["worker"] for t in ts.data} <= set(pids)
+        for job in jobs:
+            assert "#SBATCH -J wxens-score" in job["script"] and "#SBATCH -A proj" in job["script"]
+            assert "#SBATCH --cpus-per-task=1" in job["script"] and "#SBATCH -t 00:05:00" in job["script"]
+            assert job["out"] == str(logs / f"wxens-score-{job['id']}.out")
+    assert fake_slurm.cancelled() == {j["id"] for j in jobs}
+    assert fake_slurm.wait_gone() == []
+    for job in jobs:  # each worker registered with the scheduler of this process
+        assert "Registered to:" in (logs / f"wxens-score-{job['id']}.err").read_text()
+
+
+def test_slurm_mode_without_sbatch_is_a_user_error(tmp_path, monkeypatch) -> None:
+    pytest.importorskip("dask_jobqueue")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(UserError, match="sbatch, which is not on PATH"):
+        with dask_cluster(DaskOptions(mode="slurm")):
+            pass

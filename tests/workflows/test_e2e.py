@@ -238,3 +238,44 @@ forecast: {{checkpoints: train, members: 2, init_times: [2008-01-03], lead_steps
     assert skill["amplitude"]["z500"] == pytest.approx(0.35 * np.mean([t["rmse"]["z500"][k] for t in tables]))
     cfg = forecast_config(w, out)
     assert [Path(c).name for c in cfg["checkpoints"]] == ["seed-3", "seed-4"]
+
+
+def test_scores_on_a_local_and_a_slurm_cluster_agree(e2e_run, tmp_path: Path, fake_slurm) -> None:
+    """The score stage with ``score.dask.mode`` local (a LocalCluster, 2 workers) and slurm
+    (a dask-jobqueue SLURMCluster whose 2 worker jobs start through a fake sbatch) gives the scores
+    of the threaded run of the fixture; the worker jobs log to RUN_DIR/logs/dask and are cancelled."""
+    pytest.importorskip("dask_jobqueue")
+    import shutil
+
+    import wxens
+    from workflows.runner import run_workflow
+    from workflows.schema import load_workflow
+
+    wf, run = e2e_run
+    reference = wxens.open_scores(run / "scores.zarr").load()
+    modes = {
+        "LocalCluster": "{mode: local, n_workers: 2, threads_per_worker: 1}",
+        "SLURMCluster": "{mode: slurm, slurm: {jobs: 2, cores: 1, memory: 2GB, walltime: '00:10:00'}}",
+    }
+    scores = {}
+    for name, dask in modes.items():
+        copy = tmp_path / name
+        shutil.copytree(run, copy)
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(wf.read_text().replace("dask: {mode: threads}", f"dask: {dask}"))
+        [res] = run_workflow(load_workflow(path), run_dir=copy, stages=["score"], force=True)
+        assert res.status == "done"
+        assert f"on dask {name} (2 " in (copy / "logs" / "score.log").read_text()
+        scores[name] = wxens.open_scores(copy / "scores.zarr").load()
+    jobs = fake_slurm.jobs()
+    assert len(jobs) == 2 and fake_slurm.cancelled() == {j["id"] for j in jobs}
+    assert fake_slurm.wait_gone() == []
+    logs = tmp_path / "SLURMCluster" / "logs" / "dask"
+    assert all("Registered to:" in (logs / f"wxens-score-{j['id']}.err").read_text() for j in jobs)
+    assert reference["crps"].size > 10 and np.isfinite(reference["crps"]).any()
+    for name, ds in scores.items():
+        assert set(ds.data_vars) == set(reference.data_vars), name
+        for var in reference.data_vars:
+            np.testing.assert_allclose(
+                ds[var].values, reference[var].values, rtol=1e-12, err_msg=f"{name} {var}"
+            )
