@@ -234,6 +234,11 @@ def scan_wxens(root: Command, tokens: Sequence[str | None], any_words: bool = Fa
     start = next((i for i, t in enumerate(tokens) if t in root.commands), None)
     if start is None:
         return None
+    # before the command only the program (computed, `-m workflows.cli`, a script) and root options
+    if not all(
+        t is None or t.startswith("-") or t == "workflows.cli" or t.endswith(".py") for t in tokens[:start]
+    ):
+        return None
     cmd: Command = root
     path: list[str] = []
     options: set[tuple[tuple[str, ...], str]] = set()
@@ -468,6 +473,9 @@ def check_docs(
         assert use is not None
         if use.path == ("<any>",):
             continue
+        for tok in c.argv:
+            if tok.startswith(("workflows/", "tests/", "docs/")) and not (root / tok).exists():
+                problems.append(f"{c.where}: `{c.text}`: no file {tok} in the repository")
         name = " ".join(["wxens", *use.path])
         if use.path and use.path not in used:
             problems.append(f"{c.where}: `{c.text}`: no test or demo runs `{name}`")
@@ -518,14 +526,14 @@ def test_stale_or_untested_commands_are_reported(tmp_path: Path, root_cmd: Comma
     """The check fails for a made-up flag, a typo, a missing target and an option no test uses."""
     doc = tmp_path / "page.md"
     doc.write_text(
-        "Run `wxens status RUN_DIR --json` or:\n\n"
+        "Run `wxens status RUN_DIR --json` or `wxens info STORE`:\n\n"
         "```bash\n"
         "wxens forecast f.yaml --run-dir r --no-such-flag   # stale\n"
         "wxens forcast f.yaml\n"
         "wxens submit W --gpus many\n"
         "$ wxens verify runs/x \\\n"
         "    [--delete]\n"
-        "wxens submit W -j 2\n"
+        "wxens submit workflows/nope.yaml -j 2\n"
         "wxens catalog show <store> -c mycat.yaml\n"
         "make no-such-target\n"
         "python -m mytool --no-such-flag\n"
@@ -551,17 +559,19 @@ def test_stale_or_untested_commands_are_reported(tmp_path: Path, root_cmd: Comma
         "    main(['status', p, '--json'])\n"
         "    main(['submit', p, '--jobs', '2'])\n"
         "    run_workflow(w, stages=['forecast', 'score'])\n"  # stage names, not `wxens forecast`
+        "    levels = ['debug', 'info']\n"  # a word that names a command, not at a command's place
         "    import mytool\n"
         "    mytool.main(['--size', '5'])\n"
     )
     makefile = tmp_path / "Makefile"
     makefile.write_text("demo:\n\twxens run workflows/demo.yaml\n")
     cmds = doc_commands([doc], root=tmp_path)
-    assert [c.where for c in cmds] == [f"page.md:{n}" for n in (1, 4, 5, 6, 7, 9, 10, 11, 12, 13, 14)]
-    assert cmds[4].argv == ["verify", "runs/x", "--delete"]
+    assert [c.where for c in cmds] == [f"page.md:{n}" for n in (1, 1, 4, 5, 6, 7, 9, 10, 11, 12, 13, 14)]
+    assert cmds[5].argv == ["verify", "runs/x", "--delete"]
     problems = check_docs(cmds, python_sources([test_file]), makefile, root_cmd, root=tmp_path)
     text = "\n".join(problems)
-    assert len(problems) == 8, text
+    assert len(problems) == 10, text
+    assert "page.md:1: `wxens info STORE`: no test or demo runs `wxens info`" in text
     assert (
         "page.md:4: `wxens forecast f.yaml --run-dir r --no-such-flag`: does not parse: No such option: --no-such-flag"
         in text
@@ -575,10 +585,12 @@ def test_stale_or_untested_commands_are_reported(tmp_path: Path, root_cmd: Comma
         "page.md:10: `wxens catalog show <store> -c mycat.yaml`: no test or demo runs `wxens catalog show`"
         in text
     )
+    assert "page.md:9: `wxens submit workflows/nope.yaml -j 2`: no file workflows/nope.yaml" in text
     assert "page.md:11: `make no-such-target`: no Makefile target no-such-target" in text
     assert "page.md:12: `python -m mytool --no-such-flag`: does not parse: " in text
     assert "error: unrecognized arguments: --no-such-flag" in text
     assert "page.md:14: `python -m mytool --size=4 --verbose`: no test runs mytool with --verbose" in text
     # page.md:1 (status --json), 9 (-j = --jobs), 13 are exercised; the stage list runs nothing
-    assert not any(p.startswith(("page.md:1:", "page.md:9:", "page.md:13:")) for p in problems)
+    assert not any(p.startswith(("page.md:1: `wxens status", "page.md:13:")) for p in problems)
+    assert sum(p.startswith("page.md:9:") for p in problems) == 1  # the file only
     assert sum("wxens forecast" in p for p in problems) == 1
