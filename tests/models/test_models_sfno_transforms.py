@@ -139,3 +139,20 @@ def test_grid_transforms_are_the_sht_module_tables() -> None:
     back = grid_to_spectral(fwd, field)
     roundtrip = spectral_to_grid(inv, back, 1, 2)
     torch.testing.assert_close(roundtrip, field, rtol=1e-5, atol=1e-5)
+
+
+def test_tables_are_float32_library_tables_without_subnormals() -> None:
+    """The internal Gauss tables are torch-harmonics' own (float64) tables in float32, with the entries
+    below the smallest normal float32 set to zero (lmax 48 on 64 Gauss rows has some)."""
+    from torch_harmonics import InverseRealSHT, RealSHT
+
+    net = _net(64, 128, lmax=48, mmax=48)
+    spec = net.blocks[1].spec
+    ref_w = RealSHT(64, 128, lmax=48, mmax=48, grid="legendre-gauss").weights.float()
+    ref_p = InverseRealSHT(64, 128, lmax=48, mmax=48, grid="legendre-gauss").pct.float()
+    tiny = torch.finfo(torch.float32).tiny
+    for ours, ref in ((spec.sht.weights, ref_w), (spec.isht.pct, ref_p)):
+        assert ours.dtype == torch.float32
+        assert int(((ref != 0) & (ref.abs() < tiny)).sum()) > 0
+        assert int(((ours != 0) & (ours.abs() < tiny)).sum()) == 0
+        torch.testing.assert_close(ours, ref, rtol=0, atol=tiny)
