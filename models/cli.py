@@ -40,11 +40,17 @@ def train_command(
         "--features",
         help="Extra inputs: doy, sinlat, static:<field> (comma list; '' for none).",
     ),
+    spectral_loss: float = typer.Option(
+        0.0, "--spectral-loss", help="Weight of the degree-normalised spectral error term (0: off)."
+    ),
+    init_from: Path = typer.Option(
+        None, "--init-from", help="Fine-tune: start from this checkpoint's weights (same architecture)."
+    ),
     save_every: int = typer.Option(100, "--save-every", help="Iterations between resumable training states."),
     threads: int = typer.Option(None, "--threads", help="torch CPU threads."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
-    """Train SFNO checkpoint(s) from scratch; rerunning the same command resumes an interrupted run."""
+    """Train SFNO checkpoint(s) from scratch (or fine-tune with --init-from); rerunning the same command resumes an interrupted run."""
     from data_catalog.errors import UserError
     from models.train import TrainConfig, parse_seeds, train_many
 
@@ -65,6 +71,8 @@ def train_command(
         features=tuple(f.strip() for f in features.split(",") if f.strip()),
         save_every=save_every,
         threads=threads,
+        spectral_loss=spectral_loss,
+        init_from=str(init_from) if init_from else None,
     )
     if seed is not None:
         from dataclasses import replace

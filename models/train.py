@@ -24,7 +24,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,6 +86,9 @@ class TrainConfig:
     skill_inits: int = 8
     skill_lead_steps: int = 40
     threads: int | None = None
+    spectral_loss: float = 0.0  # weight of the degree-normalised spectral error term (0: off)
+    init_from: str | None = None  # fine-tune: start from this checkpoint's weights (same architecture)
+    init_from_sha256: str | None = None  # filled in by train(): the weights the run started from
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -97,7 +100,7 @@ class TrainConfig:
     def identity(self) -> dict[str, Any]:
         """The fields that must match for a training state to be resumed."""
         d = self.to_dict()
-        for k in ("save_every", "threads", "skill_inits", "skill_lead_steps"):
+        for k in ("save_every", "threads", "skill_inits", "skill_lead_steps", "init_from"):
             d.pop(k)
         return d
 
@@ -135,6 +138,52 @@ def parse_seeds(text: str) -> list[int]:
     if not seeds or min(seeds) < 0:
         raise UserError(f"bad seed list '{text}': seeds are non-negative integers")
     return sorted(seeds)
+
+
+def _start_from(cfg: TrainConfig, model: Any, channels: Sequence[str]) -> TrainConfig:
+    """Load ``cfg.init_from``'s weights into ``model`` (fine-tuning); returns ``cfg`` with their sha256.
+
+    The source must have the same architecture, channels and inputs; its own normalisation is replaced
+    by this run's (same dataset, so the same numbers unless the training years differ).
+    """
+    from models.checkpoint import load_checkpoint
+
+    src = load_checkpoint(cfg.init_from)
+    if tuple(src.channels) != tuple(channels):
+        raise UserError(f"--init-from {cfg.init_from}: channels {list(src.channels)} != {list(channels)}")
+    if src.net.config.to_dict() != model.net.config.to_dict():
+        raise UserError(f"--init-from {cfg.init_from}: architecture differs from this run's")
+    try:
+        model.net.load_state_dict(src.net.state_dict())
+    except RuntimeError as e:
+        raise UserError(f"--init-from {cfg.init_from}: weights do not fit this architecture ({e})") from None
+    return dataclasses.replace(cfg, init_from_sha256=src.metadata["weights_sha256"])
+
+
+class SpectralLoss:
+    """Degree-normalised spectral error: mean over channels and degrees of ``E_l(err) / E_l(truth)``.
+
+    ``E_l`` is the angular power at degree ``l`` (``|c_l0|^2 + 2 sum_m |c_lm|^2``) of the forward SHT at
+    the data latitudes; the reference ``E_l(truth)`` is the mean power of ``n_ref`` training fields.
+    Unlike the grid MSE, which hardly sees errors at degrees where the truth has little power (small
+    scales of a smooth field such as z500), every degree counts equally here, so errors cannot pile up
+    at small scales unnoticed over long rollouts. A forecast of zeros scores about 1.
+    """
+
+    def __init__(self, data: torch.Tensor, latitude: np.ndarray, lmax: int, n_ref: int = 256) -> None:
+        from models.sht import GridRealSHT
+
+        self.sht = GridRealSHT(latitude, data.shape[-1], lmax, lmax).float()
+        idx = torch.linspace(0, data.shape[0] - 1, min(n_ref, data.shape[0])).long()
+        with torch.no_grad():
+            self.ref = self.power(data[idx].float()).mean(dim=0).clamp_min(1e-30)  # (C, L)
+
+    def power(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.sht(x).abs() ** 2
+        return c[..., 0] + 2 * c[..., 1:].sum(dim=-1)
+
+    def __call__(self, err: torch.Tensor) -> torch.Tensor:
+        return (self.power(err) / self.ref).mean()
 
 
 def _lr_at(cfg: TrainConfig, it: int) -> float:
@@ -268,6 +317,8 @@ def train(
         generator=init_gen,
     )
     net = model.net
+    if cfg.init_from:
+        cfg = _start_from(cfg, model, channels)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start, elapsed, losses = 0, 0.0, []
     state_path = out / STATE
@@ -286,6 +337,7 @@ def train(
     tstd = model._tstd
     data, times = train_b.data, train_b.times
     windows = {k: train_b.window_starts(k) for k in {1, cfg.rollout_steps}}
+    spec_loss = SpectralLoss(data, lat, arch["lmax"]) if cfg.spectral_loss > 0 else None
     t0 = time.perf_counter()
     net.train()
 
@@ -320,6 +372,8 @@ def train(
                 tj = list(times[(idx + j).numpy()])
                 x = model.forward(x, tj)
                 loss = loss + _weighted_mse((x - data[idx + j + 1]) / tstd, w) / k
+                if spec_loss is not None:
+                    loss = loss + cfg.spectral_loss * spec_loss(x - data[idx + j + 1]) / k
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:
@@ -366,7 +420,8 @@ def train(
     skill["years"] = list(cfg.valid_years)
     save_checkpoint(model, out, skill=skill)
     state_path.unlink(missing_ok=True)
-    log.info("trained %s in %.0f s (final loss %.4g)", out, seconds, model.metadata["training"]["final_loss"])
+    final = model.metadata["training"]["final_loss"]
+    log.info("trained %s in %.0f s (final loss %s)", out, seconds, "-" if final is None else f"{final:.4g}")
     return TrainResult(
         out, seconds, losses[-1] if losses else float("nan"), resumed_from=start, losses=losses
     )

@@ -120,3 +120,69 @@ def test_windows_never_cross_a_trajectory_restart(tiny_world) -> None:
         assert not np.any((w < start_2001) & (w + k >= start_2001))
         assert w.size == len(block) - k - k  # exactly k windows removed
         assert start_2001 in w and start_2001 - k - 1 in w
+
+
+def test_init_from_fine_tunes_from_a_checkpoint(tmp_path: Path, tiny_config, prepared) -> None:
+    from models import load_checkpoint
+
+    base = tmp_path / "base"
+    train(tiny_config, base, prepared=prepared, progress=False)
+    # zero iterations from a checkpoint reproduce it exactly (weights copied, nothing else drawn)
+    cfg0 = dataclasses.replace(tiny_config, seed=7, steps=0, init_from=str(base))
+    train(cfg0, tmp_path / "copy", prepared=prepared, progress=False)
+    a, b = _weights(base), _weights(tmp_path / "copy")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    meta = load_checkpoint(tmp_path / "copy").metadata["training"]
+    assert meta["init_from_sha256"] == load_checkpoint(base).metadata["weights_sha256"]
+    # fine-tuning moves the weights, and starts from a lower loss than training from scratch
+    cfg = dataclasses.replace(tiny_config, seed=7, steps=3, init_from=str(base))
+    tuned = train(cfg, tmp_path / "tuned", prepared=prepared, progress=False)
+    scratch = train(
+        dataclasses.replace(cfg, init_from=None), tmp_path / "scratch", prepared=prepared, progress=False
+    )
+    assert not all(torch.equal(a[k], _weights(tmp_path / "tuned")[k]) for k in a)
+    assert tuned.losses[0] < scratch.losses[0]
+    # another architecture is refused in one line
+    wider = dataclasses.replace(cfg, embed_dim=tiny_config.embed_dim * 2)
+    with pytest.raises(UserError, match="init-from"):
+        train(wider, tmp_path / "wider", prepared=prepared, progress=False)
+
+
+def test_spectral_loss_degree_power_of_known_harmonics(prepared) -> None:
+    from scipy.special import sph_harm_y
+
+    from models.train import SpectralLoss
+
+    data = prepared["train"].data
+    lat, lon = prepared["latitude"], prepared["longitude"]
+    sl = SpectralLoss(data, lat, 12, n_ref=64)
+    theta = np.deg2rad(90.0 - lat)[:, None]
+    phi = np.deg2rad(lon)[None, :]
+
+    def real_y(n: int, m: int) -> np.ndarray:  # real orthonormal harmonic on the unit sphere
+        y = sph_harm_y(n, m, theta, phi)
+        return (np.sqrt(2) * y.real if m > 0 else y.real) * np.sqrt(4 * np.pi)
+
+    # unit-mean-square harmonics: degree power (orthonormal on the unit sphere) is 4 pi at their degree
+    # (x 0.25 at half amplitude) and 0 elsewhere: sum_l E_l = integral of f^2 over the sphere (Parseval)
+    f = real_y(5, 3) + 0.5 * real_y(9, 0)
+    x = torch.from_numpy(np.broadcast_to(f, data.shape[1:]).copy()).float()[None]
+    e = sl.power(x)[0, 0].double()
+    want = np.zeros(12)
+    want[5], want[9] = 4 * np.pi, np.pi
+    np.testing.assert_allclose(e.numpy(), want, rtol=1e-4, atol=1e-4)
+    # the loss: 0 for a perfect forecast, ~1 for a forecast of zeros (error = truth)
+    truth = data[:64].float()
+    assert float(sl(torch.zeros_like(truth))) == 0.0
+    assert float(sl(truth)) == pytest.approx(1.0, rel=0.2)
+
+    # errors of equal grid energy in z500 at degree 11 and degree 1 are weighted by the truth's power
+    # at those degrees: the loss ratio is E_1(truth) / E_11(truth), large for a smooth field
+    def in_z(f: np.ndarray) -> torch.Tensor:
+        err = torch.zeros_like(truth[:1])
+        err[0, 0] = torch.from_numpy(f).float()
+        return err
+
+    ratio = float(sl(in_z(real_y(11, 4)))) / float(sl(in_z(real_y(1, 0))))
+    assert ratio == pytest.approx(float(sl.ref[0, 1] / sl.ref[0, 11]), rel=1e-3)
+    assert ratio > 10
