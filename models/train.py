@@ -165,6 +165,7 @@ class SpectralLoss:
 
     ``E_l`` is the angular power at degree ``l`` (``|c_l0|^2 + 2 sum_m |c_lm|^2``) of the forward SHT at
     the data latitudes; the reference ``E_l(truth)`` is the mean power of ``n_ref`` training fields.
+    Degree 0 and degrees where the truth has no power (below 1e-6 of its peak) are not counted.
     Unlike the grid MSE, which hardly sees errors at degrees where the truth has little power (small
     scales of a smooth field such as z500), every degree counts equally here, so errors cannot pile up
     at small scales unnoticed over long rollouts. A forecast of zeros scores about 1.
@@ -176,14 +177,20 @@ class SpectralLoss:
         self.sht = GridRealSHT(latitude, data.shape[-1], lmax, lmax).float()
         idx = torch.linspace(0, data.shape[0] - 1, min(n_ref, data.shape[0])).long()
         with torch.no_grad():
-            self.ref = self.power(data[idx].float()).mean(dim=0).clamp_min(1e-30)  # (C, L)
+            ref = self.power(data[idx].float()).mean(dim=0)  # (C, L)
+        # degrees counted: l >= 1 (the global mean is a constant of the data, exactly 0 for vorticity)
+        # where the truth has power (above the data's own truncation it has ~none: nothing to compare)
+        peak = ref[:, 1:].max(dim=1, keepdim=True).values
+        self.mask = (torch.arange(ref.shape[1]) >= 1)[None, :] & (ref > 1e-6 * peak)
+        self.ref = torch.where(self.mask, ref, torch.ones_like(ref))
 
     def power(self, x: torch.Tensor) -> torch.Tensor:
         c = self.sht(x).abs() ** 2
         return c[..., 0] + 2 * c[..., 1:].sum(dim=-1)
 
     def __call__(self, err: torch.Tensor) -> torch.Tensor:
-        return (self.power(err) / self.ref).mean()
+        r = self.power(err) / self.ref
+        return r[..., self.mask].mean()
 
 
 def _lr_at(cfg: TrainConfig, it: int) -> float:
