@@ -284,7 +284,11 @@ def legacy_summary(res: dict[str, Any]) -> dict[str, Any]:
         f = res["forecasts"][name]
 
         def rounded(d: dict[str, list[float | None]], nd: int) -> dict[str, list[float | None]]:
-            return {c: [None if v is None else round(v, nd) for v in vs] for c, vs in d.items()}
+            """``nd`` significant digits (vorticity CRPS is ~1e-6); non-finite -> null (valid JSON)."""
+            return {
+                c: [None if v is None or not np.isfinite(v) else float(f"{v:.{nd}g}") for v in vs]
+                for c, vs in d.items()
+            }
 
         out[name] = {
             "members": f["members"],
@@ -495,7 +499,7 @@ def main(argv: list[str] | None = None) -> int:
         },
     )
     (out / "results.json").write_text(json.dumps(res, indent=1))
-    (out / "summary.json").write_text(json.dumps(legacy_summary(res), indent=1))
+    (out / "summary.json").write_text(json.dumps(legacy_summary(res), indent=1, allow_nan=False))
     (out / "results.md").write_text(markdown(res, "figures"))
     figures(res, out / "figures")
     for c, t in res["target"].items():

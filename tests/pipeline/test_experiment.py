@@ -58,7 +58,12 @@ def test_members_leads_and_files(run, capsys):
     figs = sorted(p.name for p in (run["out"] / "figures").glob("*.png"))
     assert figs == sorted(f"{m}_{c}.png" for m in ("crps", "ssr") for c in res["channels"])
     assert all((run["out"] / "figures" / f).stat().st_size > 5000 for f in figs)
-    legacy = json.loads((run["out"] / "summary.json").read_text())
+    text = (run["out"] / "summary.json").read_text()
+    assert "Infinity" not in text and "NaN" not in text  # strict JSON
+    legacy = json.loads(text)
+    crps_a = legacy["a_bred_x_ckpts"]["crps"]
+    for c in res["channels"]:  # significant digits kept even for ~1e-6 vorticity scores
+        assert crps_a[c][1] == pytest.approx(fc["a_bred_x_ckpts"]["crps"][c][1], rel=1e-5)
     assert set(legacy) == {*ex.RUNS, "inits"} and legacy["c_ckpts_only"]["members"] == 2
     # the engine runs kept no member-sized inline file
     for name in ex.RUNS:
