@@ -230,6 +230,8 @@ def write_report(res: dict[str, Any]) -> str:
                         ("cpu_per_member_step_vs_smallest", "CPU/member-step vs smallest"),
                         ("rss_before_run_mib", "RSS before run MiB"),
                         ("peak_rss_mib", "peak RSS MiB"),
+                        ("peak_rss_anon_mib", "peak anon RSS MiB"),
+                        ("peak_rss_file_mib", "peak file-backed RSS MiB"),
                         ("spill_bytes", "CRPS spill bytes on disk"),
                         ("scores_bytes", "scores bytes"),
                     ],
