@@ -179,7 +179,9 @@ def write_report(res: dict[str, Any]) -> str:
                 "",
                 f"- speed-up vs xskillscore: {_fmt(r['speedup_vs_xskillscore'])}× (fair: "
                 f"{_fmt(r['fair_speedup_vs_xskillscore'])}×); fraction of the read-only rate: "
-                f"{_fmt(r['fraction_of_read_rate'])} (fair: {_fmt(r['fair_fraction_of_read_rate'])})",
+                f"{_fmt(r['fraction_of_read_rate'])} (fair: {_fmt(r['fair_fraction_of_read_rate'])}); "
+                f"in process CPU time: {_fmt(r.get('cpu_fraction_of_read_rate'))} "
+                f"(fair: {_fmt(r.get('cpu_fair_fraction_of_read_rate'))})",
                 f"- CRPS vs xskillscore: max relative difference {_fmt(r['crps_max_rel_diff_vs_xskillscore'])}",
                 _targets(f),
                 "",
