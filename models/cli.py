@@ -43,6 +43,11 @@ def train_command(
     spectral_loss: float = typer.Option(
         0.0, "--spectral-loss", help="Weight of the degree-normalised spectral error term (0: off)."
     ),
+    spectral_loss_kind: str = typer.Option(
+        "error",
+        "--spectral-loss-kind",
+        help="'error' (power of the error) or 'amse' (amplitude + coherence).",
+    ),
     init_from: Path = typer.Option(
         None, "--init-from", help="Fine-tune: start from this checkpoint's weights (same architecture)."
     ),
@@ -72,6 +77,7 @@ def train_command(
         save_every=save_every,
         threads=threads,
         spectral_loss=spectral_loss,
+        spectral_loss_kind=spectral_loss_kind,
         init_from=str(init_from) if init_from else None,
     )
     if seed is not None:

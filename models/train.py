@@ -87,6 +87,7 @@ class TrainConfig:
     skill_lead_steps: int = 40
     threads: int | None = None
     spectral_loss: float = 0.0  # weight of the degree-normalised spectral error term (0: off)
+    spectral_loss_kind: str = "error"  # "error": power of the error; "amse": amplitude + coherence
     init_from: str | None = None  # fine-tune: start from this checkpoint's weights (same architecture)
     init_from_sha256: str | None = None  # filled in by train(): the weights the run started from
 
@@ -190,6 +191,27 @@ class SpectralLoss:
 
     def __call__(self, err: torch.Tensor) -> torch.Tensor:
         r = self.power(err) / self.ref
+        return r[..., self.mask].mean()
+
+    def amse(self, pred: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+        """Amplitude-and-coherence form per degree (Subich et al. 2025), degree-normalised like ``__call__``.
+
+        ``(sqrt(P_f) - sqrt(P_t))^2 + 2 max(P_f, P_t) (1 - coh)`` with ``P`` the degree power of forecast
+        and truth and ``coh`` their spectral coherence at that degree: a blurred forecast is charged for
+        its missing amplitude, not rewarded for it as by the plain error, so long rollouts keep their
+        energy. Equals the error form when the amplitudes agree.
+        """
+        cf, ct = self.sht(pred), self.sht(truth)
+
+        def deg(z: torch.Tensor) -> torch.Tensor:
+            return z[..., 0] + 2 * z[..., 1:].sum(dim=-1)
+
+        pf, pt = deg(cf.abs() ** 2), deg(ct.abs() ** 2)
+        cross = deg((cf * ct.conj()).real)
+        eps = 1e-12 * self.ref
+        sf, st = (pf + eps).sqrt(), (pt + eps).sqrt()
+        coh = cross / (sf * st)
+        r = ((sf - st) ** 2 + 2 * torch.maximum(pf, pt) * (1 - coh)) / self.ref
         return r[..., self.mask].mean()
 
 
@@ -300,6 +322,8 @@ def train(
         log.info("%s already holds a finished checkpoint; skipping", out)
         return TrainResult(out, 0.0, float("nan"), skipped=True)
     out.mkdir(parents=True, exist_ok=True)
+    if cfg.spectral_loss_kind not in ("error", "amse"):
+        raise UserError(f"--spectral-loss-kind must be 'error' or 'amse', not '{cfg.spectral_loss_kind}'")
     if cfg.rollout_iters and cfg.rollout_steps < 2:
         raise UserError("--rollout-iters needs --rollout-steps >= 2")
     if cfg.rollout_iters > cfg.steps:
@@ -380,7 +404,12 @@ def train(
                 x = model.forward(x, tj)
                 loss = loss + _weighted_mse((x - data[idx + j + 1]) / tstd, w) / k
                 if spec_loss is not None:
-                    loss = loss + cfg.spectral_loss * spec_loss(x - data[idx + j + 1]) / k
+                    sl = (
+                        spec_loss.amse(x, data[idx + j + 1])
+                        if cfg.spectral_loss_kind == "amse"
+                        else spec_loss(x - data[idx + j + 1])
+                    )
+                    loss = loss + cfg.spectral_loss * sl / k
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:

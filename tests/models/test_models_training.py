@@ -189,3 +189,29 @@ def test_spectral_loss_degree_power_of_known_harmonics(prepared) -> None:
     ratio = float(sl(in_z(real_y(l_hi, 2)))) / float(sl(in_z(real_y(1, 0))))
     assert ratio == pytest.approx(float(sl.ref[0, 1] / sl.ref[0, l_hi]), rel=1e-3)
     assert ratio > 10
+
+
+def test_amse_reduces_to_the_error_form_where_it_should(prepared) -> None:
+    from models.train import SpectralLoss
+
+    data = prepared["train"].data
+    sl = SpectralLoss(data, prepared["latitude"], 12, n_ref=64)
+    x = data[:4].float()
+    assert float(sl.amse(x, x)) == pytest.approx(0.0, abs=1e-6)
+    # a scaled forecast is fully coherent: only the amplitude term remains, = power of the error
+    for a in (0.5, 1.7):
+        assert float(sl.amse(a * x, x)) == pytest.approx(float(sl((a - 1) * x)), rel=1e-4)
+    # a forecast shifted by half a wavelength in longitude (same amplitude, opposite phase) pays
+    # 2 P (1 - (-1)) = 4 P: the same as the error form (error = 2 x, power 4 P)
+    lon = torch.as_tensor(np.deg2rad(prepared["longitude"]), dtype=torch.float32)
+    wave = (
+        torch.cos(2 * lon)[None, None, None, :]
+        * torch.cos(torch.as_tensor(np.deg2rad(prepared["latitude"]))).float()[None, None, :, None]
+    )
+    t = wave.expand(1, data.shape[1], -1, -1).contiguous()
+    assert data.shape[-1] % 4 == 0
+    f = torch.roll(t, shifts=data.shape[-1] // 4, dims=-1)  # cos(2 lon) -> -cos(2 lon)
+    assert torch.allclose(f, -t, atol=1e-5)
+    assert float(sl.amse(f, t)) == pytest.approx(float(sl(f - t)), rel=1e-4)
+    # a blurred (zero) forecast costs 3 P per degree instead of P: blurring is not rewarded
+    assert float(sl.amse(torch.zeros_like(x), x)) == pytest.approx(3 * float(sl(x)), rel=1e-4)
