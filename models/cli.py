@@ -48,6 +48,10 @@ def train_command(
         "--spectral-loss-kind",
         help="'error' (power of the error) or 'amse' (amplitude + coherence).",
     ),
+    train_years: str = typer.Option("2000-2006", "--train-years", help="Training years, 'A-B' or 'A'."),
+    valid_years: str = typer.Option(
+        "2007", "--valid-years", help="Validation years (skill file), 'A-B' or 'A'."
+    ),
     init_from: Path = typer.Option(
         None, "--init-from", help="Fine-tune: start from this checkpoint's weights (same architecture)."
     ),
@@ -76,6 +80,8 @@ def train_command(
         features=tuple(f.strip() for f in features.split(",") if f.strip()),
         save_every=save_every,
         threads=threads,
+        train_years=_years(train_years, "--train-years"),
+        valid_years=_years(valid_years, "--valid-years"),
         spectral_loss=spectral_loss,
         spectral_loss_kind=spectral_loss_kind,
         init_from=str(init_from) if init_from else None,
@@ -91,6 +97,20 @@ def train_command(
     for r in res:
         what = "already trained" if r.skipped else f"trained in {r.seconds:.0f} s"
         typer.echo(f"{r.path}: {what}")
+
+
+def _years(text: str, flag: str) -> tuple[int, int]:
+    """``"2000-2006"`` -> (2000, 2006); ``"2007"`` -> (2007, 2007)."""
+    from data_catalog.errors import UserError
+
+    try:
+        a, _, b = text.strip().partition("-")
+        lo, hi = int(a), int(b or a)
+    except ValueError:
+        raise UserError(f"bad {flag} '{text}': use e.g. 2000-2006 or 2007") from None
+    if hi < lo:
+        raise UserError(f"bad {flag} '{text}': the range is empty")
+    return lo, hi
 
 
 def list_command(

@@ -215,3 +215,32 @@ def test_amse_reduces_to_the_error_form_where_it_should(prepared) -> None:
     assert float(sl.amse(f, t)) == pytest.approx(float(sl(f - t)), rel=1e-4)
     # a blurred (zero) forecast costs 3 P per degree instead of P: blurring is not rewarded
     assert float(sl.amse(torch.zeros_like(x), x)) == pytest.approx(3 * float(sl(x)), rel=1e-4)
+
+
+def test_cli_fine_tune_with_spectral_loss(tmp_path: Path, tiny_world, capsys) -> None:
+    """``wxens train --init-from ... --spectral-loss ... --spectral-loss-kind amse`` end to end."""
+    from models import load_checkpoint
+    from workflows.cli import main
+
+    data = tmp_path / "w.zarr"
+    tiny_world.to_zarr(data, mode="w", zarr_format=3)
+    common = ["--dataset", str(data), "--train-years", "2000", "--valid-years", "2001-2001", "--seed", "0", "--embed-dim", "8", "--num-layers", "1", "--lmax", "8",
+              "--batch-size", "2", "--features", "", "--threads", "1", "--no-progress"]  # fmt: skip
+    assert main(["train", "--out", str(tmp_path / "base"), "--steps", "2", *common]) == 0
+    args = ["train", "--out", str(tmp_path / "ft"), "--steps", "2", "--rollout-steps", "2", "--rollout-iters", "2",
+            "--init-from", str(tmp_path / "base"), "--spectral-loss", "0.5", "--spectral-loss-kind", "amse", *common]  # fmt: skip
+    assert main(args) == 0, capsys.readouterr().err
+    meta = load_checkpoint(tmp_path / "ft").metadata["training"]
+    assert meta["spectral_loss"] == 0.5 and meta["spectral_loss_kind"] == "amse"
+    assert meta["init_from_sha256"] == load_checkpoint(tmp_path / "base").metadata["weights_sha256"]
+    bad = ["train", "--out", str(tmp_path / "bad"), "--steps", "2", "--spectral-loss", "1", "--spectral-loss-kind", "l1",
+           *common]  # fmt: skip
+    assert main(bad) == 2
+    assert "spectral-loss-kind" in capsys.readouterr().err
+    assert (
+        main(
+            ["train", "--out", str(tmp_path / "bad"), "--train-years", "2006-2000", *common[:2], *common[4:]]
+        )
+        == 2
+    )
+    assert "--train-years" in capsys.readouterr().err
