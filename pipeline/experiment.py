@@ -62,9 +62,16 @@ def labels(n_ckpt: int) -> dict[str, str]:
 
 
 def experiment_configs(
-    checkpoints: list[str], inits: list[str], lead_steps: int, pairs: int, analysis: str, loader: str
+    checkpoints: list[str],
+    inits: list[str],
+    lead_steps: int,
+    pairs: int,
+    analysis: str,
+    loader: str,
+    alpha: float = 0.35,
+    cycles: int = 3,
 ) -> dict[str, dict[str, Any]]:
-    """The four forecast configs (a)-(d)."""
+    """The four forecast configs (a)-(d); ``alpha`` (amplitude / 48 h RMSE) and breeding ``cycles``."""
     base = {
         "analysis": analysis,
         "init_times": inits,
@@ -81,18 +88,18 @@ def experiment_configs(
         "a_bred_x_ckpts": {
             **base,
             "checkpoints": checkpoints,
-            "perturbation": {"method": "bred", "n_pairs": pairs},
+            "perturbation": {"method": "bred", "n_pairs": pairs, "alpha": alpha, "cycles": cycles},
         },
         "b_bred_x_1ckpt": {
             **base,
             "checkpoints": checkpoints[:1],
-            "perturbation": {"method": "bred", "n_pairs": pairs * n},
+            "perturbation": {"method": "bred", "n_pairs": pairs * n, "alpha": alpha, "cycles": cycles},
         },
         "c_ckpts_only": {**base, "checkpoints": checkpoints, "perturbation": {"method": "none"}},
         "d_noise_x_ckpts": {
             **base,
             "checkpoints": checkpoints,
-            "perturbation": {"method": "spherical", "n_pairs": pairs},
+            "perturbation": {"method": "spherical", "n_pairs": pairs, "alpha": alpha},
         },
     }
 
@@ -444,6 +451,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--inits", type=int, default=20)
     ap.add_argument("--leads", type=int, default=40, help="lead steps (40 x 6 h = 10 days)")
     ap.add_argument("--pairs", type=int, default=2, help="perturbation pairs per checkpoint in (a)")
+    ap.add_argument("--alpha", type=float, default=0.35, help="perturbation amplitude / 48 h RMSE")
+    ap.add_argument("--cycles", type=int, default=3, help="breeding cycles")
     ap.add_argument("--checkpoints", default=None, help="folder of checkpoints (default: shipped)")
     ap.add_argument("--analysis", default="builtin:sphere-swe")
     ap.add_argument("--loader", default="models.checkpoint:load_checkpoint")
@@ -473,7 +482,9 @@ def main(argv: list[str] | None = None) -> int:
     inits = init_times(args.first, args.last, args.inits)
     out = Path(args.out_dir)
     t0 = time.time()
-    cfgs = experiment_configs(ckpts, inits, args.leads, args.pairs, args.analysis, args.loader)
+    cfgs = experiment_configs(
+        ckpts, inits, args.leads, args.pairs, args.analysis, args.loader, alpha=args.alpha, cycles=args.cycles
+    )
     scores: dict[str, dict[str, Any]] = {}
     for name, cfg in cfgs.items():
         s = run_forecast(cfg, out / name)
