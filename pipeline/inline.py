@@ -8,7 +8,10 @@ error, members below/tied with the truth for the rank histogram), threshold-exce
 summed member power spectra and the per-member area-weighted RMSE. The unit therefore holds one block
 state plus a handful of single-lead fields, whatever the number of leads or members. The CRPS spread
 term ``sum_{i<j} |x_i - x_j|`` has no fixed-size mergeable summary, so each unit also spills its
-float32 members to ``inline/<unit>/spill.npy`` (a memory map on disk).
+float32 members to ``inline/<unit>/spill.npy``, lead by lead with plain ``os.pwrite`` (page cache,
+not process memory), laid out ``(lead, lat, member, channel, lon)`` so that the finalisation reads
+one lead's latitude band of a unit as one contiguous range (``np.fromfile``): the process never maps
+a spill, and its peak RSS does not grow with the number of members.
 
 Spills and partials are transient: they exist only until their init's scores are final.
 When the last unit of an init is done (whichever process or shard records it; else the run's final
@@ -17,9 +20,9 @@ merge) and the fair CRPS (Ferro 2014) per point from the spills, one latitude ba
 ``inline.memory_mb``, in float64, into the init's slices of ``inline/scores.partial.zarr``; fsyncs them;
 writes ``inline/final/t<init>.npz`` (area means, rank histograms, per-member errors) atomically, the
 marker that the init is final; and only then deletes ``inline/<unit>/`` of the init. Peak memory: a
-few ``C x lat x lon`` fields plus ``M x C x band x lon`` values. The manifest lists partials and
-spills as ``transient`` files released by that marker, so a restart after finalisation neither needs
-nor recomputes them, and one before it finds them checksummed. When every init is final,
+few ``C x lat x lon`` fields plus ``M x C x band x lon`` float64 values (``inline.memory_mb``). The
+manifest lists partials and spills as ``transient`` files released by that marker, so a restart after
+finalisation neither needs nor recomputes them, and one before it finds them checksummed. When every init is final,
 :func:`finalize` stacks the markers' small arrays into the partial store and renames it to
 ``scores.zarr``. A kill at any moment leaves either the spills (finalisation redone) or the marker
 (leftovers deleted on restart). After a complete run ``inline/`` holds only the markers (kilobytes to
@@ -113,6 +116,78 @@ def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     tmp.replace(path)
 
 
+def _spill_shape(n_members: int, plan: Any) -> tuple[int, ...]:
+    """Layout of a unit's spill: ``(lead, lat, member, channel, lon)``, so that one lead's latitude
+    band of every member is one contiguous range of the file."""
+    return (plan.lead_steps + 1, plan.latitude.size, n_members, len(plan.channels), plan.longitude.size)
+
+
+class _SpillWriter:
+    """A unit's float32 members in an ``.npy`` file (:func:`_spill_shape`), written lead by lead with
+    ``os.pwrite``: plain file writes, so the pages are page cache, not the process's memory (a
+    writable memory map would count every written page in the process RSS until unmapped)."""
+
+    def __init__(self, path: Path, n_members: int, plan: Any) -> None:
+        self.shape = _spill_shape(n_members, plan)
+        self.lead_bytes = int(np.prod(self.shape[1:])) * 4
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        with os.fdopen(os.dup(self.fd), "wb") as f:
+            header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False}
+            np.lib.format.write_array_header_1_0(f, {**header, "shape": self.shape})
+            self.offset = f.tell()
+        os.ftruncate(self.fd, self.offset + self.shape[0] * self.lead_bytes)  # leads not written read 0
+
+    def write_lead(self, lead: int, xs: np.ndarray) -> None:
+        """Members ``(member, channel, lat, lon)`` of one lead."""
+        buf = memoryview(np.ascontiguousarray(xs.astype(np.float32, copy=False).transpose(2, 0, 1, 3))).cast(
+            "B"
+        )
+        assert buf.nbytes == self.lead_bytes, (buf.nbytes, self.lead_bytes)
+        pos, off = 0, self.offset + lead * self.lead_bytes
+        while pos < buf.nbytes:
+            pos += os.pwrite(self.fd, buf[pos:], off + pos)
+
+    def close(self) -> None:
+        os.fsync(self.fd)
+        os.close(self.fd)
+
+
+class _SpillReader:
+    """Reads latitude bands of one lead of a unit's spill (``np.fromfile``: memory of the band only)."""
+
+    def __init__(self, path: Path, n_members: int, plan: Any) -> None:
+        self.path = path
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
+            shape, fortran, dtype = read(f)
+            self.offset = f.tell()
+        self.shape = _spill_shape(n_members, plan)
+        if tuple(shape) != self.shape or fortran or dtype != np.float32:
+            raise UserError(
+                f"{path}: member spill of shape {tuple(shape)}, this version of wxens reads {self.shape} "
+                "(lead, lat, member, channel, lon): finish the run with the version that started it, "
+                "or rerun it in a new run directory"
+            )
+        self.dtype = dtype
+        self.row = int(np.prod(self.shape[2:]))  # values per latitude row of one lead
+
+    def band(self, lead: int, r0: int, r1: int) -> np.ndarray:
+        """``(member, channel, r1 - r0, lon)`` float32 view of rows ``r0:r1`` of ``lead``."""
+        n = (r1 - r0) * self.row
+        off = self.offset + (lead * self.shape[1] + r0) * self.row * self.dtype.itemsize
+        a = np.fromfile(self.path, dtype=self.dtype, count=n, offset=off)
+        if a.size != n:
+            raise UserError(
+                f"{self.path}: member spill truncated (lead {lead}); run `wxens verify RUN_DIR --delete` and the forecast again"
+            )
+        return a.reshape(r1 - r0, *self.shape[2:]).transpose(1, 2, 0, 3)
+
+
 class UnitScorer:
     """Scores one work unit lead by lead, writing one mergeable partial per lead."""
 
@@ -136,19 +211,8 @@ class UnitScorer:
         d = self.run_dir / INLINE / unit.name
         shutil.rmtree(d, ignore_errors=True)  # leftovers of a killed attempt
         d.mkdir(parents=True)
-        shape = (
-            len(members),
-            plan.lead_steps + 1,
-            len(plan.channels),
-            plan.latitude.size,
-            plan.longitude.size,
-        )
-        self.spill = (
-            np.lib.format.open_memmap(
-                self.run_dir / _spill_file(unit.name), mode="w+", dtype=np.float32, shape=shape
-            )
-            if icfg.crps
-            else None
+        self.spill: _SpillWriter | None = (
+            _SpillWriter(self.run_dir / _spill_file(unit.name), len(members), plan) if icfg.crps else None
         )
 
     def on_lead(self, lead: int, x: torch.Tensor) -> None:
@@ -158,7 +222,7 @@ class UnitScorer:
         fin = np.isfinite(xs).reshape(xs.shape[0], -1).all(axis=1)
         xs = np.where(fin[:, None, None, None], xs, np.nan).astype(np.float32)
         if self.spill is not None:
-            self.spill[:, lead] = xs
+            self.spill.write_lead(lead, xs)
         y = self.truth(lead)
         if y is None:
             return
@@ -184,7 +248,7 @@ class UnitScorer:
         """Flush the spill; returns the unit's inline files (relative to the run dir)."""
         files = list(self.files)
         if self.spill is not None:
-            self.spill.flush()
+            self.spill.close()
             self.spill = None
             files.append(_spill_file(self.unit.name))
         return files
@@ -364,7 +428,14 @@ def finalize_init(
         return (np.asarray(a, np.float64).mean(-1) * w).mean(-1)
 
     rng = np.random.default_rng(seeds.derive_seed(0, plan.inits[i], 0, 0, seeds.PURPOSE_RANK_TIES))
-    mms = [np.load(run_dir / _spill_file(u.name), mmap_mode="r") for u in mine] if icfg.crps else []
+    spills = (
+        [
+            _SpillReader(run_dir / _spill_file(u.name), len(u.members(plan.layout, plan.block)), plan)
+            for u in mine
+        ]
+        if icfg.crps
+        else []
+    )
     for lead in range(nl):
         y = truth(plan.inits[i] + lead * plan.step)
         if y is None or not all((run_dir / _lead_file(u.name, lead)).is_file() for u in mine):
@@ -408,14 +479,18 @@ def finalize_init(
         if icfg.crps:
             crps = np.full((nc, ny, nx), np.nan)
             for r0 in range(0, ny, rows):
-                band = np.concatenate([mm[:, lead, :, r0 : r0 + rows] for mm in mms], axis=0)
-                band = band.astype(np.float64)  # differences of large values (z500): float64 sums
+                r1 = min(ny, r0 + rows)
+                # the init's members of one band, C order, float64 (differences of large values: z500)
+                band = np.empty((sum(sp.shape[2] for sp in spills), nc, r1 - r0, nx), np.float64)
+                m0 = 0
+                for sp in spills:
+                    band[m0 : m0 + sp.shape[2]] = sp.band(lead, r0, r1)
+                    m0 += sp.shape[2]
                 crps[:, r0 : r0 + rows] = crps_ensemble(
                     band, y[:, r0 : r0 + rows].astype(np.float64), member_axis=0, fair=True
                 )
             g["crps"][i, lead] = crps.astype(np.float32)
             crps_g[lead] = amean(crps)
-    del mms
     # the init's chunks reach the disk before the marker that lets its spills go
     for arr in (run_dir / PARTIAL).iterdir():
         if (arr / "c" / str(i)).is_dir():

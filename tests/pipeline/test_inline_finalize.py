@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 
 from pipeline import manifest as mf
-from pipeline import run_forecast, verify
+from pipeline import open_forecast, run_forecast, verify
 from tests.pipeline.conftest import REPO, digest
+
+CH = ["z500", "u500", "v500", "vo500"]
 
 
 def inline_bytes(run_dir) -> int:
@@ -30,6 +32,22 @@ def assert_no_member_files(run_dir, cfg) -> None:
     assert not list((run_dir / "inline").glob("t0*"))  # no per-unit folder left
     assert not (run_dir / "inline" / "scores.partial.zarr").exists()
     assert inline_bytes(run_dir) < 0.01 * member_bytes(cfg)
+
+
+def assert_spills_are_members(run_dir, spills) -> None:
+    """Each spill is a plain ``.npy`` (no memory map needed to read it) holding its unit's float32
+    members laid out ``(lead, lat, member, channel, lon)``: equal to the stored members."""
+    ds = open_forecast(run_dir)
+    per_ckpt, block = 8, 4  # n_pairs 4 -> 8 members per checkpoint, batch 4
+    for p in spills:
+        t, c, b = (int(x[1:]) for x in p.parent.name.split("-"))  # t<init>-c<ckpt>-b<block>
+        numbers = np.arange(c * per_ckpt + b * block, c * per_ckpt + (b + 1) * block)
+        stored = np.stack(
+            [ds[ch].isel(time=t, number=numbers).values for ch in CH], axis=2
+        )  # (M, L, C, y, x)
+        spill = np.load(p)
+        assert spill.dtype == np.float32 and spill.shape == (4, 32, 4, 4, 64)
+        np.testing.assert_array_equal(spill.transpose(2, 0, 3, 1, 4), stored)
 
 
 def test_complete_run_keeps_no_spill(reference_run):
@@ -56,6 +74,7 @@ def test_spills_checked_until_released(reference_run, tmp_path):
     assert not s["complete"] and not list((run_dir / "inline").glob("final/*"))
     spills = sorted((run_dir / "inline").rglob("spill.npy"))
     assert len(spills) == 6
+    assert_spills_are_members(run_dir, spills)
     unit = spills[0].parent.name
     with open(spills[0], "r+b") as f:
         f.truncate(spills[0].stat().st_size // 2)
