@@ -151,8 +151,64 @@ def list_command(
         typer.echo(f"no checkpoints found in {directory}")
 
 
+def skill_command(
+    directory: Path = typer.Argument(..., help="A checkpoint directory or a folder of them."),
+    dataset: str = typer.Option("builtin:sphere-swe", "--dataset", help="Catalog name or zarr path."),
+    years: str = typer.Option("2008-2009", "--years", help="Years to score, 'A-B' (held-out years)."),
+    clim_years: str = typer.Option(
+        "2000-2006", "--clim-years", help="Years of the monthly climatology reference (training years)."
+    ),
+    inits: int = typer.Option(16, "--inits", help="Init times, spread evenly over --years."),
+    lead_hours: str = typer.Option("6,24,48,72,120,168,240", "--leads", help="Lead hours to show."),
+    channel: str = typer.Option(None, "--channel", help="Only this channel (default all)."),
+    json_out: Path = typer.Option(None, "--json", help="Also write every lead and channel to this file."),
+) -> None:
+    """Latitude-weighted RMSE of checkpoints vs persistence and climatology on chosen years."""
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from data_catalog.errors import UserError
+    from models.checkpoint import list_checkpoints, load_checkpoint
+    from models.data import load_years, monthly_climatology, open_dataset
+    from models.skill import skill_table
+
+    leads = [int(v) for v in lead_hours.split(",") if v.strip()]
+    paths = [i.path for i in list_checkpoints(directory)]
+    if not paths:
+        raise UserError(f"no checkpoints in {directory}")
+    models = [load_checkpoint(p) for p in paths]
+    ds = open_dataset(dataset)
+    chans = list(models[0].channels)
+    block = load_years(ds, chans, _years(years, "--years"))
+    clim = monthly_climatology(load_years(ds, chans, _years(clim_years, "--clim-years")))
+    steps = max(leads) // 6
+    results = {
+        str(p): skill_table(m, block, clim, n_inits=inits, lead_steps=steps)
+        for p, m in zip(paths, models, strict=True)
+    }
+    console = Console()
+    for c in [channel] if channel else chans:
+        if c not in chans:
+            raise UserError(f"channel '{c}' not in {chans}")
+        table = Table(title=f"{c}: latitude-weighted RMSE, {inits} inits in {years}")
+        table.add_column("")
+        for h in leads:
+            table.add_column(f"{h} h")
+        first = next(iter(results.values()))
+        for p, r in results.items():
+            table.add_row(Path(p).name, *(f"{r['rmse'][c][h // 6 - 1]:.4g}" for h in leads))
+        for key in ("persistence", "climatology"):
+            table.add_row(key, *(f"{first[key][c][h // 6 - 1]:.4g}" for h in leads))
+        console.print(table)
+    if json_out:
+        json_out.write_text(json.dumps(results, indent=1))
+
+
 app.command("train")(train_command)
 checkpoints_app.command("list")(list_command)
+checkpoints_app.command("skill")(skill_command)
 
 
 def register(root: typer.Typer) -> None:

@@ -244,3 +244,32 @@ def test_cli_fine_tune_with_spectral_loss(tmp_path: Path, tiny_world, capsys) ->
         == 2
     )
     assert "--train-years" in capsys.readouterr().err
+
+
+def test_cli_checkpoints_skill_matches_skill_table(
+    tmp_path: Path, tiny_world, tiny_config, prepared, capsys
+) -> None:
+    """``wxens checkpoints skill`` scores checkpoints on chosen years; its JSON equals ``skill_table``."""
+    from models import load_checkpoint
+    from models.data import load_years, monthly_climatology
+    from models.skill import skill_table
+    from workflows.cli import main
+
+    data = tmp_path / "w.zarr"
+    tiny_world.to_zarr(data, mode="w", zarr_format=3)
+    train(tiny_config, tmp_path / "ck" / "seed-0", prepared=prepared, progress=False)
+    out = tmp_path / "skill.json"
+    args = ["checkpoints", "skill", str(tmp_path / "ck"), "--dataset", str(data), "--years", "2001", "--clim-years",
+            "2000", "--inits", "3", "--leads", "6,24", "--json", str(out)]  # fmt: skip
+    assert main(args) == 0, capsys.readouterr().err
+    assert "persistence" in capsys.readouterr().out
+    got = json.loads(out.read_text())[str(tmp_path / "ck" / "seed-0")]
+    m = load_checkpoint(tmp_path / "ck" / "seed-0")
+    ch = list(m.channels)
+    ref = skill_table(m, load_years(tiny_world, ch, (2001, 2001)),
+                      monthly_climatology(load_years(tiny_world, ch, (2000, 2000))), n_inits=3, lead_steps=4)  # fmt: skip
+    for c in ch:
+        np.testing.assert_allclose(got["rmse"][c], ref["rmse"][c], rtol=1e-6)
+        np.testing.assert_allclose(got["climatology"][c], ref["climatology"][c], rtol=1e-6)
+    assert main(["checkpoints", "skill", str(tmp_path / "ck"), "--dataset", str(data), "--channel", "nope",
+                 "--years", "2001", "--clim-years", "2000", "--inits", "2", "--leads", "6"]) == 2  # fmt: skip
