@@ -272,8 +272,8 @@ def summarize(rows: list[dict[str, Any]], steps: int) -> dict[str, Any]:
             r["cpu_s_per_member_step"], base["cpu_s_per_member_step"]
         )
         r["rss_ratio_vs_smallest"] = ratio(r["peak_rss_mib"], base["peak_rss_mib"])
-        run_rss = r.get("peak_rss_run_mib")
-        r["run_rss_ratio_vs_smallest"] = ratio(run_rss, base.get("peak_rss_run_mib")) if run_rss else None
+        run_rss, base_rss = r.get("peak_rss_run_mib"), base.get("peak_rss_run_mib")
+        r["run_rss_ratio_vs_smallest"] = ratio(run_rss, base_rss) if run_rss and base_rss else None
     lin_w = _linearity(rows, "wall_s", steps)
     lin_c = _linearity(rows, "cpu_s", steps)
     fw, fc = lin_w["fit"], lin_c["fit"]

@@ -139,9 +139,8 @@ class _SpillWriter:
 
     def write_lead(self, lead: int, xs: np.ndarray) -> None:
         """Members ``(member, channel, lat, lon)`` of one lead."""
-        buf = memoryview(np.ascontiguousarray(xs.astype(np.float32, copy=False).transpose(2, 0, 1, 3))).cast(
-            "B"
-        )
+        block = np.ascontiguousarray(xs.astype(np.float32, copy=False).transpose(2, 0, 1, 3))
+        buf = block.data.cast("B")
         assert buf.nbytes == self.lead_bytes, (buf.nbytes, self.lead_bytes)
         pos, off = 0, self.offset + lead * self.lead_bytes
         while pos < buf.nbytes:
