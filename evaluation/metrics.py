@@ -229,6 +229,7 @@ def _crps_sums_complete(f: Any, y: Any) -> tuple[Any, Any, Any]:
     n = int(f.shape[-1])
     d = _f64(_sort(f, axis=-1)) - y[..., None]
     coef = 2.0 * (_arange(n, d) + 1.0) - n - 1.0
+    m: torch.Tensor | np.ndarray
     if _is_torch(d):
         m = torch.full(d.shape[:-1], float(n), dtype=d.dtype, device=d.device)
     else:

@@ -266,6 +266,7 @@ class ShallowWaterModel:
         dd = cd[:, 0, 0] - tr.lap * (ke + self.phis_spec)
         dp = -cd[:, 1, 1]
         if self.forced:
+            assert eq is not None, "a forced model needs the equilibrium state eq"
             dz = dz - self.k_drag * (s[:, 0] - eq[:, 0])
             if stir is not None:
                 dz = dz + stir
@@ -303,12 +304,15 @@ class ShallowWaterModel:
         dt, a = p.dt, self.alpha
         t = np.asarray(t0, dtype=np.float64).copy()
         hist: list[torch.Tensor] = []
-        eq = env = stir = None
+        eq: torch.Tensor | None = None
+        env: torch.Tensor | None = None
+        stir: torch.Tensor | None = None
         for n in range(nsteps):
             if self.forced:
                 if n % self.forcing_every == 0:
                     eq = self.equilibrium_spec(t)
                     env = self.stir_envelope(t)
+                assert env is not None  # set at n = 0 (forcing_every >= 1)
                 stir = self.stir_source(x, env) if p.stir_amp > 0 else None
             hist.insert(0, self.tendency(s, eq, stir))
             del hist[3:]

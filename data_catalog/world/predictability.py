@@ -84,8 +84,8 @@ def driver_bound(
     with _single_thread():
         model = ShallowWaterModel(p)
         synth = PointSynthesis(OUT_LAT, len(OUT_LON), p.lmax, p.radius)
-        t_init = float((np.datetime64(start, "ns") - EPOCH) / np.timedelta64(1, "s"))
-        t_init = t_init + np.arange(n_states) * spacing_days * DAY
+        t_start = float((np.datetime64(start, "ns") - EPOCH) / np.timedelta64(1, "s"))
+        t_init = t_start + np.arange(n_states) * spacing_days * DAY
         gen = torch.Generator().manual_seed(seed)
         s, x = model.initial_state(t_init - spinup_days * DAY, gen)
         s, x, t = model.run(s, x, t_init - spinup_days * DAY, round(spinup_days * DAY / p.dt))

@@ -35,6 +35,15 @@ class SphereTransforms(torch.nn.Module):
         torch-harmonics grid name (``"legendre-gauss"`` for the solver).
     """
 
+    # buffers registered in __init__ (declared for the type checker: nn.Module.__getattr__ is untyped)
+    colat: torch.Tensor
+    lat: torch.Tensor
+    lon: torch.Tensor
+    ell: torch.Tensor
+    lap: torch.Tensor
+    invlap: torch.Tensor
+    quad: torch.Tensor
+
     def __init__(self, nlat: int, nlon: int, lmax: int, radius: float, grid: str = "legendre-gauss") -> None:
         super().__init__()
         kw = {"lmax": lmax, "mmax": lmax, "grid": grid, "csphase": False}
@@ -98,6 +107,8 @@ class PointSynthesis(torch.nn.Module):
     radius:
         Sphere radius in metres.
     """
+
+    invlap: torch.Tensor  # buffer registered in __init__ (declared for the type checker)
 
     def __init__(self, lat_deg: np.ndarray, nlon: int, lmax: int, radius: float) -> None:
         super().__init__()

@@ -24,6 +24,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -83,7 +84,8 @@ def cache_root() -> Path:
 
 
 def _seconds(t: np.datetime64) -> float:
-    return float((np.datetime64(t, "ns") - EPOCH) / np.timedelta64(1, "s"))
+    # numpy's stubs have no datetime64(datetime64, unit) overload; the conversion is valid at runtime
+    return float((np.datetime64(t, "ns") - EPOCH) / np.timedelta64(1, "s"))  # type: ignore[call-overload]
 
 
 def trajectory_seed(seed: int, k: int) -> int:
@@ -204,7 +206,9 @@ def _simulate(
 
     hs = synth.scalar(phis[None])[0].numpy() / p.gravity
     tcoord = np.concatenate([t.values for t in times]).astype("datetime64[ns]")
-    data_vars = {name: (("time", "latitude", "longitude"), out[name], VARIABLES[name]) for name in VARIABLES}
+    data_vars: dict[str, tuple[tuple[str, ...], np.ndarray, dict[str, str]]] = {
+        name: (("time", "latitude", "longitude"), out[name], VARIABLES[name]) for name in VARIABLES
+    }
     data_vars["orography"] = (
         ("latitude", "longitude"),
         hs.astype(np.float32),
@@ -276,7 +280,9 @@ def build_world(
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
-    encoding = {v: {"chunks": (min(120, ds.sizes["time"]), len(OUT_LAT), len(OUT_LON))} for v in VARIABLES}
+    encoding: dict[str, dict[str, Any]] = {
+        v: {"chunks": (min(120, ds.sizes["time"]), len(OUT_LAT), len(OUT_LON))} for v in VARIABLES
+    }
     encoding["time"] = {"units": "hours since 2000-01-01", "dtype": "int64"}
     try:
         with warnings.catch_warnings():
