@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Protocol, cast
 
 import numpy as np
 import torch
@@ -76,6 +77,28 @@ def internal_shape(nlat: int, scale_factor: float) -> tuple[int, int]:
     return h, 2 * h
 
 
+class ForwardSHT(Protocol):
+    """What the SFNO reads from a forward transform (torch-harmonics ``RealSHT`` or ``GridRealSHT``)."""
+
+    nlat: int
+    nlon: int
+    lmax: int
+    mmax: int
+    grid: str
+    weights: torch.Tensor  # Legendre-quadrature table (m, l, k)
+
+
+class InverseSHT(Protocol):
+    """What the SFNO reads from an inverse transform (``InverseRealSHT`` or ``GridInverseRealSHT``)."""
+
+    nlat: int
+    nlon: int
+    lmax: int
+    mmax: int
+    grid: str
+    pct: torch.Tensor  # Legendre table (m, k, l)
+
+
 class SpectralConv(nn.Module):
     """Degree-wise spectral convolution between two transforms (Driscoll-Healy form).
 
@@ -84,7 +107,7 @@ class SpectralConv(nn.Module):
     for the skip connections; transforms always run in float32.
     """
 
-    def __init__(self, sht: nn.Module, isht: nn.Module, in_ch: int, out_ch: int) -> None:
+    def __init__(self, sht: ForwardSHT, isht: InverseSHT, in_ch: int, out_ch: int) -> None:
         super().__init__()
         self.sht = sht
         self.isht = isht
@@ -123,7 +146,7 @@ class SpectralConv(nn.Module):
         return out.to(dtype), residual.to(dtype)
 
 
-def grid_to_spectral(sht: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def grid_to_spectral(sht: ForwardSHT, x: torch.Tensor) -> torch.Tensor:
     """Forward real SHT of ``x`` ``(B, C, nlat, nlon)`` with the Legendre table ``weights (m, l, k)``
     of the torch-harmonics ``RealSHT`` ``sht``: real ``(mmax, lmax, B*C*2)``, ``(re, im)`` innermost.
 
@@ -139,7 +162,7 @@ def grid_to_spectral(sht: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return torch.bmm(sht.weights.to(x.dtype), xp)
 
 
-def spectral_to_grid(isht: nn.Module, coeffs: torch.Tensor, b: int, c: int) -> torch.Tensor:
+def spectral_to_grid(isht: InverseSHT, coeffs: torch.Tensor, b: int, c: int) -> torch.Tensor:
     """Inverse real SHT of ``coeffs`` ``(mmax, lmax, B*C*2)`` with the Legendre table ``pct (m, k, l)``
     of the torch-harmonics ``InverseRealSHT`` ``isht``: ``(B, C, nlat, nlon)``.
 
@@ -164,7 +187,7 @@ def spectral_to_grid(isht: nn.Module, coeffs: torch.Tensor, b: int, c: int) -> t
 class SFNOBlock(nn.Module):
     """``h = GELU(spec(x) + W x); out = MLP(h) + x`` (all skips on the output grid)."""
 
-    def __init__(self, sht: nn.Module, isht: nn.Module, dim: int, mlp_ratio: float) -> None:
+    def __init__(self, sht: ForwardSHT, isht: InverseSHT, dim: int, mlp_ratio: float) -> None:
         super().__init__()
         hidden = int(dim * mlp_ratio)
         self.spec = SpectralConv(sht, isht, dim, dim)
@@ -286,7 +309,7 @@ class SFNO(nn.Module):
         """Draw all weights from ``generator`` (deterministic given its seed)."""
         _init_conv(self.encoder, generator, gain=1.0)
         for b in self.blocks:
-            b.reset_parameters(generator)
+            cast(SFNOBlock, b).reset_parameters(generator)  # nn.ModuleList iterates as nn.Module
         # small decoder: the model starts close to persistence (zero tendency)
         _init_conv(self.decoder, generator, gain=0.01)
 

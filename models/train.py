@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -149,6 +149,7 @@ def _start_from(cfg: TrainConfig, model: Any, channels: Sequence[str]) -> TrainC
     """
     from models.checkpoint import load_checkpoint
 
+    assert cfg.init_from is not None  # the caller only fine-tunes when init_from is set
     src = load_checkpoint(cfg.init_from)
     if tuple(src.channels) != tuple(channels):
         raise UserError(f"--init-from {cfg.init_from}: channels {list(src.channels)} != {list(channels)}")
@@ -250,8 +251,9 @@ def prepare(cfg: TrainConfig, dataset: str | xr.Dataset | None = None) -> dict[s
         raise UserError(f"dataset lacks channels {missing}")
     lat = np.asarray(ds["latitude"].values, dtype=np.float64)
     lon = np.asarray(ds["longitude"].values, dtype=np.float64)
-    train = load_years(ds, channels, tuple(cfg.train_years))
-    valid = load_years(ds, channels, tuple(cfg.valid_years))
+    # tuple() (kept: it accepts a list-valued field) erases the (first, last) length for the type checker
+    train = load_years(ds, channels, cast(tuple[int, int], tuple(cfg.train_years)))
+    valid = load_years(ds, channels, cast(tuple[int, int], tuple(cfg.valid_years)))
     step = time_step_of(train.times)
     if step != np.timedelta64(6, "h"):
         raise UserError(f"dataset time step is {step.astype('timedelta64[h]')}, the SFNO wrapper needs 6 h")

@@ -30,7 +30,8 @@ DOY_PERIOD_DAYS = 365.25
 
 def day_of_year_fraction(time: np.datetime64) -> float:
     """Fractional day of year (0-based) of ``time``: ``(t - Jan 1 00:00 of its year) / 1 day``."""
-    t = np.datetime64(time, "s")
+    # numpy's stubs have no datetime64(datetime64, unit) overload; the conversion is valid at runtime
+    t = np.datetime64(time, "s")  # type: ignore[call-overload]
     year_start = t.astype("datetime64[Y]").astype("datetime64[s]")
     return float((t - year_start) / np.timedelta64(1, "D"))
 
@@ -156,10 +157,11 @@ class SFNOForecastModel:
         parts: list[torch.Tensor] = []
         if "doy" in self.features:
             times = list(time) if isinstance(time, list | tuple | np.ndarray) else [time] * batch
-            if len(times) != batch or any(t is None for t in times):
+            valid = [t for t in times if t is not None]
+            if len(times) != batch or len(valid) != len(times):
                 raise ValueError("day-of-year features need one valid time per batch member")
             ang = torch.tensor(
-                [2 * np.pi * day_of_year_fraction(t) / DOY_PERIOD_DAYS for t in times],
+                [2 * np.pi * day_of_year_fraction(t) / DOY_PERIOD_DAYS for t in valid],
                 dtype=torch.float32,
                 device=self.device,
             )
