@@ -24,6 +24,7 @@ def realdata() -> Path:
         pytest.skip(f"real sample data not found at {REALDATA} (set WXENS_REALDATA)")
     return REALDATA
 
+
 # The embedded world and other caches live inside the checkout, so a fresh clone builds them anew
 # (honest CI) and parallel test workers share one cache.
 os.environ.setdefault("WXENS_CACHE", str(REPO / ".wxens-cache"))

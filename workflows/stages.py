@@ -411,7 +411,9 @@ def stage_skill(ctx: StageContext) -> dict[str, Any]:
     }
     write_json(ctx.path("skill.json"), payload)
     logger.info(
-        "skill of %d checkpoints; amplitudes %s", len(table), {k: float(f"{v:.4g}") for k, v in amplitude.items()}
+        "skill of %d checkpoints; amplitudes %s",
+        len(table),
+        {k: float(f"{v:.4g}") for k, v in amplitude.items()},
     )
     return {"outputs": {"skill": "skill.json"}, "checkpoints": len(table)}
 
