@@ -56,8 +56,8 @@ def write_report(res: dict[str, Any]) -> str:
         f"- command: `{res['command']}`" + (" (quick sizes)" if res.get("quick") else ""),
         *(
             [
-                "- the figures come from separate runs started together (in parallel, to fit the deadline on the "
-                "shared machine); each figure's ratios are within its own run:"
+                "- the figures come from separate runs (see each run's command and load); each figure's ratios "
+                "are within its own run:"
             ]
             + [
                 f"  - run {i + 1}: `{r['command']}`: {', '.join(r['figures'])}; {r['seconds']:.0f} s; load "
@@ -234,7 +234,8 @@ def write_report(res: dict[str, Any]) -> str:
                         ("peak_rss_mib", "peak RSS MiB"),
                         ("peak_rss_anon_mib", "peak anon RSS MiB"),
                         ("peak_rss_file_mib", "peak file-backed RSS MiB"),
-                        ("spill_bytes", "CRPS spill bytes on disk"),
+                        ("spill_bytes", "peak CRPS spill bytes on disk (transient)"),
+                        ("spill_bytes_left", "spill bytes left after the run"),
                         ("scores_bytes", "scores bytes"),
                     ],
                 ),
@@ -249,6 +250,18 @@ def write_report(res: dict[str, Any]) -> str:
                     f"(max residual {fit['cpu_max_rel_residual']:.1%}). The fixed part is process start, model "
                     "loading and the finalize merge.",
                 ]
+            lin = f.get("linearity", {}).get("cpu")
+            if lin and lin.get("marginal_s_per_member_step"):
+                out += [
+                    "",
+                    "Marginal CPU cost per member-step between consecutive sizes: "
+                    + ", ".join(f"{v * 1e3:.2f} ms" for v in lin["marginal_s_per_member_step"])
+                    + (
+                        f" (largest deviation from the last: {lin['marginal_max_rel_deviation']:.0%})."
+                        if lin.get("marginal_max_rel_deviation") is not None
+                        else "."
+                    ),
+                ]
             ex = f.get("hens_extrapolation")
             if ex:
                 out += [
@@ -256,7 +269,8 @@ def write_report(res: dict[str, Any]) -> str:
                     f"Not measured: the full {ex['members']} members (largest measured: {ex['from_members']}). "
                     f"**Extrapolated** with the fit: {ex['wall_s'] / 3600:.2f} h wall time "
                     f"({ex.get('cpu_s', float('nan')) / 3600:.2f} h CPU) and "
-                    f"{ex['spill_bytes'] / 1e9:.1f} GB of CRPS spill files on disk ({ex['note']}).",
+                    f"a peak of {ex['spill_bytes'] / 1e9:.1f} GB of transient CRPS spill files on disk, deleted as each "
+                    f"init's scores are final ({ex['note']}).",
                 ]
             out += [_targets(f), ""]
     if "storage" in figs:
