@@ -443,7 +443,7 @@ def train(
         },
         "training": {
             **cfg.to_dict(),
-            "seconds": round(seconds, 1),
+            "seconds": round(seconds, 3),
             "final_loss": float(np.mean(losses[-20:])) if losses else None,
             "threads": torch.get_num_threads(),
             "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
