@@ -29,6 +29,10 @@ class PerturbationConfig(_Strict):
     """Initial-condition perturbation.
 
     ``amplitude`` per channel (physical units) overrides ``alpha x`` the checkpoint's 48 h RMSE.
+    ``stochastic`` > 0 adds stochastic forcing during the rollout (model error, e.g. processes the
+    model cannot see): after every step each member gets an independent spherical random field of
+    correlation length ``stochastic_length_km`` per channel with RMS ``stochastic x`` the checkpoint's
+    6 h RMSE, drawn from the member's own generator (members stay reproducible alone).
     """
 
     method: Literal["bred", "spherical", "gaussian", "none"] = "bred"
@@ -40,6 +44,8 @@ class PerturbationConfig(_Strict):
     length_scale_km: float = Field(500.0, gt=0)
     amplitude: dict[str, float] | None = None
     nonnegative: list[str] = Field(default_factory=list)
+    stochastic: float = Field(0.0, ge=0)
+    stochastic_length_km: float = Field(1000.0, gt=0)
 
 
 class OutputConfig(_Strict):

@@ -38,7 +38,7 @@ from pipeline import manifest as mf
 from pipeline.config import ForecastConfig, load_config
 from pipeline.members import MemberLayout, WorkUnit, block_size_for, shard_units, work_units
 from pipeline.perturbations import BredVectors, GaussianNoise, SphericalNoise
-from pipeline.rollout import auto_batch_size, run_unit
+from pipeline.rollout import StochasticForcing, auto_batch_size, run_unit
 from pipeline.store import STORE_NAME, StoreWriter, create_store, encode
 
 log = logging.getLogger(__name__)
@@ -354,6 +354,21 @@ def make_perturbation(cfg: ForecastConfig, plan: Plan, model: Any) -> Any:
     )
 
 
+def make_forcing(cfg: ForecastConfig, plan: Plan, model: Any) -> StochasticForcing | None:
+    """Stochastic forcing of ``cfg`` for one checkpoint (RMS ``stochastic x`` its 6 h RMSE), or None."""
+    p = cfg.perturbation
+    if p.stochastic <= 0:
+        return None
+    if not hasattr(model, "rmse_at"):
+        raise UserError("perturbation.stochastic needs the checkpoint's 6 h skill (skill.json)")
+    rmse = model.rmse_at(hours=6)
+    missing = [c for c in plan.channels if c not in rmse]
+    if missing:
+        raise UserError(f"no 6 h skill for channel(s) {', '.join(missing)}")
+    amp = torch.tensor([p.stochastic * float(rmse[c]) for c in plan.channels], dtype=torch.float64)
+    return StochasticForcing(amp, plan.latitude, plan.longitude, p.stochastic_length_km)
+
+
 def _nonneg(cfg: ForecastConfig, plan: Plan) -> torch.Tensor | None:
     names = cfg.perturbation.nonnegative
     if not names:
@@ -518,7 +533,7 @@ def run_forecast(
         task = prog.add_task(
             "forecast", total=len(todo) * plan.block * plan.lead_steps, members="0", rate="-"
         )
-        cur_ckpt, model, pert = None, None, None
+        cur_ckpt, model, pert, forcing = None, None, None, None
         done_members = 0
         for unit in todo:
             lock = mf.UnitLock(run_dir, unit.name)
@@ -536,6 +551,7 @@ def run_forecast(
                     model_cache.clear()
                     cur_ckpt = unit.checkpoint
                     pert = make_perturbation(cfg, plan, model)
+                    forcing = make_forcing(cfg, plan, model)
                 init = plan.inits[unit.init]
                 analyses, times = analyses_for(ds, plan, init, device)
                 members = unit.members(layout, plan.block)
@@ -579,6 +595,7 @@ def run_forecast(
                     nonnegative=_nonneg(cfg, plan),
                     bf16=cfg.bf16,
                     on_step=on_step,
+                    forcing=forcing,
                 )
                 if writer is not None:
                     nf = writer.write_nonfinite(unit.init, members, first_bad)
@@ -696,6 +713,7 @@ def regenerate_members(
     for c in sorted(set(ckpt.tolist())):
         model = load_model(cfg.model_loader, plan.checkpoints[c], dev)
         pert = make_perturbation(cfg, plan, model)
+        forcing = make_forcing(cfg, plan, model)
         blocks = sorted({(int(n) % layout.per_checkpoint) // plan.block for n in want[ckpt == c]})
         for i, init in enumerate(plan.inits):
             analyses, times = analyses_for(ds, plan, init, dev)
@@ -722,6 +740,7 @@ def regenerate_members(
                     on_lead=on_lead,
                     nonnegative=_nonneg(cfg, plan),
                     bf16=cfg.bf16,
+                    forcing=forcing,
                 )
     dims = ("time", "number", "prediction_timedelta", "latitude", "longitude")
     return xr.Dataset(

@@ -70,8 +70,10 @@ def experiment_configs(
     loader: str,
     alpha: float = 0.35,
     cycles: int = 3,
+    stochastic: float = 0.0,
 ) -> dict[str, dict[str, Any]]:
-    """The four forecast configs (a)-(d); ``alpha`` (amplitude / 48 h RMSE) and breeding ``cycles``."""
+    """The four forecast configs (a)-(d); ``alpha`` (amplitude / 48 h RMSE), breeding ``cycles`` and
+    the stochastic forcing (RMS / 6 h RMSE per step) of (a), (b) and (d); (c) stays unperturbed."""
     base = {
         "analysis": analysis,
         "init_times": inits,
@@ -88,18 +90,35 @@ def experiment_configs(
         "a_bred_x_ckpts": {
             **base,
             "checkpoints": checkpoints,
-            "perturbation": {"method": "bred", "n_pairs": pairs, "alpha": alpha, "cycles": cycles},
+            "perturbation": {
+                "method": "bred",
+                "n_pairs": pairs,
+                "alpha": alpha,
+                "cycles": cycles,
+                "stochastic": stochastic,
+            },
         },
         "b_bred_x_1ckpt": {
             **base,
             "checkpoints": checkpoints[:1],
-            "perturbation": {"method": "bred", "n_pairs": pairs * n, "alpha": alpha, "cycles": cycles},
+            "perturbation": {
+                "method": "bred",
+                "n_pairs": pairs * n,
+                "alpha": alpha,
+                "cycles": cycles,
+                "stochastic": stochastic,
+            },
         },
         "c_ckpts_only": {**base, "checkpoints": checkpoints, "perturbation": {"method": "none"}},
         "d_noise_x_ckpts": {
             **base,
             "checkpoints": checkpoints,
-            "perturbation": {"method": "spherical", "n_pairs": pairs, "alpha": alpha},
+            "perturbation": {
+                "method": "spherical",
+                "n_pairs": pairs,
+                "alpha": alpha,
+                "stochastic": stochastic,
+            },
         },
     }
 
@@ -453,6 +472,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pairs", type=int, default=2, help="perturbation pairs per checkpoint in (a)")
     ap.add_argument("--alpha", type=float, default=0.35, help="perturbation amplitude / 48 h RMSE")
     ap.add_argument("--cycles", type=int, default=3, help="breeding cycles")
+    ap.add_argument(
+        "--stochastic",
+        type=float,
+        default=0.0,
+        help="stochastic forcing of (a), (b), (d): RMS / 6 h RMSE per step",
+    )
     ap.add_argument("--checkpoints", default=None, help="folder of checkpoints (default: shipped)")
     ap.add_argument("--analysis", default="builtin:sphere-swe")
     ap.add_argument("--loader", default="models.checkpoint:load_checkpoint")
@@ -483,7 +508,15 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out_dir)
     t0 = time.time()
     cfgs = experiment_configs(
-        ckpts, inits, args.leads, args.pairs, args.analysis, args.loader, alpha=args.alpha, cycles=args.cycles
+        ckpts,
+        inits,
+        args.leads,
+        args.pairs,
+        args.analysis,
+        args.loader,
+        alpha=args.alpha,
+        cycles=args.cycles,
+        stochastic=args.stochastic,
     )
     scores: dict[str, dict[str, Any]] = {}
     for name, cfg in cfgs.items():

@@ -37,6 +37,29 @@ def auto_batch_size(n_channels: int, nlat: int, nlon: int, device: torch.device,
     return int(max(1, min(cap, budget // per_member)))
 
 
+class StochasticForcing:
+    """Additive stochastic forcing: per member and channel a spherical random field with RMS ``amplitude``.
+
+    ``draw(generators)`` returns ``(len(generators), C, lat, lon)`` float32, one member per generator,
+    each drawn only from its own generator (independent of the block it is in).
+    """
+
+    def __init__(
+        self, amplitude: torch.Tensor, latitude: np.ndarray, longitude: np.ndarray, length_scale_km: float
+    ) -> None:
+        from pipeline.perturbations.sphere import SphericalRandomField
+
+        self.field = SphericalRandomField(latitude, longitude, length_scale_km)
+        self.nchan = int(amplitude.numel())
+        # fields have unit-variance coefficients; scale them to unit area-mean variance (the spectrum's sum)
+        self.norm = float(self.field.unit_rms())
+        self.amplitude = amplitude.double().view(-1, 1, 1) / self.norm
+
+    def draw(self, generators: Sequence[torch.Generator]) -> torch.Tensor:
+        out = [self.field.sample(self.nchan, g) * self.amplitude for g in generators]
+        return torch.stack(out).float()
+
+
 def build_initial(
     analysis0: torch.Tensor, delta: torch.Tensor | None, nonnegative: torch.Tensor | None
 ) -> torch.Tensor:
@@ -66,6 +89,7 @@ def run_unit(
     nonnegative: torch.Tensor | None = None,
     bf16: bool = False,
     on_step: Callable[[int], None] | None = None,
+    forcing: StochasticForcing | None = None,
 ) -> np.ndarray:
     """Perturb and roll out one block; returns the first non-finite step per member (-1: none).
 
@@ -88,9 +112,20 @@ def run_unit(
             delta = perturbation(model, analyses, list(times), gens).float()
             x = build_initial(analyses[-1].float(), delta, nonnegative)
         first_bad = np.full(x.shape[0], -1, dtype=np.int32)
+        fgens = None
+        if forcing is not None:
+            # one stream per member, fixed by (run seed, init, checkpoint, pair, sign): the same member
+            # draws the same forcing in any block, so members stay reproducible alone
+            streams = [2 * int(p) + s for p in pairs for s in (0, 1)] if perturbation is not None else [0]
+            fgens = [
+                seeds.generator(run_seed, init_time, checkpoint, k, purpose=seeds.PURPOSE_STOCHASTIC)
+                for k in streams[: x.shape[0]]
+            ]
         for lead in range(lead_steps + 1):
             if lead > 0:
                 x = model.step(x, init_time + (lead - 1) * step).float()  # type: ignore[attr-defined]
+                if forcing is not None and fgens is not None:
+                    x = x + forcing.draw(fgens).to(x.device)
                 if on_step is not None:
                     on_step(x.shape[0])
             bad = ~torch.isfinite(x).flatten(1).all(dim=1)

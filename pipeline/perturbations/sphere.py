@@ -64,9 +64,20 @@ class SphericalRandomField:
         cl = np.exp(-ell * (ell + 1) * (length_scale_km / EARTH_RADIUS_KM) ** 2 / 2.0)
         cl[0] = 0.0  # no global mean
         self._table = torch.from_numpy(table * np.sqrt(cl)[None, :, None])  # float64
+        self._coslat = np.cos(np.deg2rad(np.asarray(latitude, dtype=np.float64)))
         lon0 = float(np.asarray(longitude)[0]) if self.nlon else 0.0
         m = np.arange(self.mmax + 1)
         self._phase = torch.from_numpy(np.exp(1j * np.deg2rad(lon0) * m))
+
+    def unit_rms(self) -> float:
+        """Expected area-mean RMS of :meth:`sample` fields (unit-variance coefficients).
+
+        The variance at a latitude is ``sum_l P_l0^2 + 2 sum_{m>0} sum_l P_lm^2`` (``P`` scaled by the
+        spectrum), averaged over latitude with ``cos(lat)`` weights.
+        """
+        t2 = (self._table**2).sum(dim=1).numpy()  # (m, lat)
+        var = t2[0] + 2.0 * t2[1:].sum(axis=0)
+        return float(np.sqrt((var * self._coslat).sum() / self._coslat.sum()))
 
     def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """``n`` independent fields ``(n, lat, lon)`` (float64, CPU), unit-variance coefficients."""

@@ -161,3 +161,23 @@ def test_target_check_analytical():
     short["lead_hours"] = [0.0, 6.0, 12.0, 18.0, 30.0]  # no lead of days 2-10
     t = ex.target_check(short)["x"]
     assert t["crps_lowest"] and not t["ssr_in_range"] and t["reasons"] == ["no lead in days 2-10"]
+
+
+def test_configs_carry_alpha_cycles_and_stochastic_forcing():
+    from pipeline.config import ForecastConfig
+
+    cfgs = ex.experiment_configs(
+        ["c0", "c1"], ["2008-01-02T00"], 4, 2, "a.zarr", "m:f", alpha=0.6, cycles=2, stochastic=0.7
+    )
+    p = {k: v["perturbation"] for k, v in cfgs.items()}
+    assert p["a_bred_x_ckpts"] == {
+        "method": "bred",
+        "n_pairs": 2,
+        "alpha": 0.6,
+        "cycles": 2,
+        "stochastic": 0.7,
+    }
+    assert p["b_bred_x_1ckpt"]["n_pairs"] == 4 and p["b_bred_x_1ckpt"]["stochastic"] == 0.7
+    assert p["d_noise_x_ckpts"]["stochastic"] == 0.7 and p["c_ckpts_only"] == {"method": "none"}
+    for c in cfgs.values():  # every config is valid for the engine
+        ForecastConfig.model_validate(c)
