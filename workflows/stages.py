@@ -258,6 +258,8 @@ def forecast_config(
         "cycles": p.cycles,
         "seed_channel": p.seed_channel,
         "length_scale_km": p.length_scale_km,
+        "stochastic": p.stochastic,
+        "stochastic_length_km": p.stochastic_length_km,
     }
     if p.method != "none":
         pert["n_pairs"] = f.n_pairs()
