@@ -141,15 +141,16 @@ def test_benchmark_suite_huge_figure_with_repeats(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_pipeline_experiment_small(tmp_path: Path) -> None:
-    """docs/engine.md: `python -m pipeline.experiment OUT --inits 20 --leads 20 --pairs 2` at 1 init,
-    1 lead, 1 pair (shipped checkpoints, the built-in world; about 20 s once the world is cached)."""
+    """docs/engine.md: `python -m pipeline.experiment OUT --inits 20 --leads 20 --pairs 2 --stochastic 0.7`
+    at 1 init, 1 lead, 1 pair (shipped checkpoints, the built-in world; about 20 s once the world is cached)."""
     import torch
 
     from pipeline import experiment
 
     threads = torch.get_num_threads()
     try:
-        assert experiment.main([str(tmp_path), "--inits", "1", "--leads", "1", "--pairs", "1"]) == 0
+        argv = [str(tmp_path), "--inits", "1", "--leads", "1", "--pairs", "1", "--stochastic", "0.7"]
+        assert experiment.main(argv) == 0
     finally:
         torch.set_num_threads(threads)
     res = json.loads((tmp_path / "summary.json").read_text())
@@ -161,7 +162,7 @@ def test_pipeline_experiment_small(tmp_path: Path) -> None:
     for name, r in runs.items():
         assert r["lead_hours"] == [0, 6]
         # at lead 0 the ensemble mean is the analysis (+/- pairs cancel; no perturbation in c)
-        assert all(v[0] == 0.0 for v in r["rmse_mean"].values()), name
+        assert all(v[0] <= 1e-6 * v[1] for v in r["rmse_mean"].values()), name  # float32 cancellation
         assert all(v[1] > 0 for v in r["crps"].values()), name
     # unperturbed members all start on the analysis: CRPS 0 at lead 0; perturbed ones do not
     assert all(v[0] == 0.0 for v in runs["c_ckpts_only"]["crps"].values())
