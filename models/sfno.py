@@ -113,6 +113,7 @@ class SpectralConv(nn.Module):
         self.isht = isht
         self.resample = (sht.nlat, sht.nlon) != (isht.nlat, isht.nlon) or sht.grid != isht.grid
         self.weight = nn.Parameter(torch.zeros(out_ch, in_ch, isht.lmax, dtype=torch.complex64))
+        self._kernel_cache: tuple[tuple, torch.Tensor] | None = None
 
     def reset_parameters(self, generator: torch.Generator) -> None:
         scale = math.sqrt(1.0 / self.weight.shape[1])
@@ -129,6 +130,17 @@ class SpectralConv(nn.Module):
         lmax, n_in, _, n_out, _ = blocks.shape  # (l, in, re/im in, out, re/im out)
         return blocks.reshape(lmax, 2 * n_in, 2 * n_out)
 
+    def kernel(self) -> torch.Tensor:
+        """:meth:`real_kernel`, cached for inference (no autograd, eval mode) until the weights change
+        (in-place updates such as ``load_state_dict`` bump the parameter's version counter)."""
+        if torch.is_grad_enabled() or self.training:
+            return self.real_kernel()
+        w = self.weight
+        key = (w._version, w.data_ptr(), w.device, w.dtype)
+        if self._kernel_cache is None or self._kernel_cache[0] != key:
+            self._kernel_cache = (key, self.real_kernel())
+        return self._kernel_cache[1]
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         dtype = x.dtype
         b, c = x.shape[:2]
@@ -139,7 +151,7 @@ class SpectralConv(nn.Module):
             m, lmax, _ = coeffs.shape
             # degree-wise kernel: one real (M*B, 2C) @ (2C, 2O) matmul per degree l
             cl = coeffs.view(m, lmax, b, 2 * c).transpose(0, 1).reshape(lmax, m * b, 2 * c)
-            k = self.real_kernel()
+            k = self.kernel()
             o = k.shape[-1] // 2
             y = torch.bmm(cl, k).view(lmax, m, b * 2 * o).transpose(0, 1)  # (M, L, B*O*2)
             out = spectral_to_grid(self.isht, y, b, o)

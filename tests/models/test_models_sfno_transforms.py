@@ -156,3 +156,30 @@ def test_tables_are_float32_library_tables_without_subnormals() -> None:
         assert int(((ref != 0) & (ref.abs() < tiny)).sum()) > 0
         assert int(((ours != 0) & (ours.abs() < tiny)).sum()) == 0
         torch.testing.assert_close(ours, ref, rtol=0, atol=tiny)
+
+
+def test_inference_kernel_cache_follows_weight_updates() -> None:
+    """The cached real kernel is reused in inference and rebuilt after an in-place weight update."""
+    from torch_harmonics import InverseRealSHT, RealSHT
+
+    from models.sfno import SpectralConv
+
+    sht, isht = RealSHT(16, 32, lmax=8, mmax=8), InverseRealSHT(16, 32, lmax=8, mmax=8)
+    conv = SpectralConv(sht, isht, 3, 2).eval()
+    conv.reset_parameters(torch.Generator().manual_seed(0))
+    x = torch.randn(2, 3, 16, 32, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        k1 = conv.kernel()
+        assert conv.kernel() is k1  # cached
+        y1 = conv(x)[0]
+    with torch.no_grad():
+        conv.weight.mul_(2.0)  # in place, as load_state_dict
+    with torch.inference_mode():
+        k2 = conv.kernel()
+        y2 = conv(x)[0]
+    assert k2 is not k1 and torch.allclose(k2, 2 * k1)
+    torch.testing.assert_close(y2, 2 * y1, rtol=1e-5, atol=1e-6)  # linear in the kernel
+    with torch.enable_grad():  # training never uses the cache: gradients reach the weights
+        conv.train()
+        conv(x)[0].sum().backward()
+    assert conv.weight.grad is not None and float(conv.weight.grad.abs().sum()) > 0
