@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from data_catalog.errors import UserError
+from data_catalog.errors import UserError, run_module_main
 
 log = logging.getLogger(__name__)
 
@@ -501,6 +501,8 @@ def main(argv: list[str] | None = None) -> int:
         folder = pretrained_dir("sphere-swe")
     else:
         folder = Path(args.checkpoints)
+    if not Path(folder).is_dir():
+        raise UserError(f"checkpoint folder not found: {folder}")
     ckpts = sorted(str(p) for p in Path(folder).iterdir() if p.is_dir())
     if not ckpts:
         raise UserError(f"no checkpoint folders in {folder}")
@@ -546,9 +548,14 @@ def main(argv: list[str] | None = None) -> int:
     (out / "summary.json").write_text(json.dumps(legacy_summary(res), indent=1, allow_nan=False))
     (out / "results.md").write_text(markdown(res, "figures"))
     figures(res, out / "figures")
+    from rich.console import Console
+
+    console = Console(soft_wrap=True, highlight=False)
     for c, t in res["target"].items():
         verdict = "PASS" if t["pass"] else "FAIL"
-        print(f"{c}: {verdict}" + (f" ({'; '.join(t['reasons'])})" if t["reasons"] else ""))
+        console.print(
+            f"{c}: {verdict}" + (f" ({'; '.join(t['reasons'])})" if t["reasons"] else ""), markup=False
+        )
     if args.publish:
         publish(res, out / "figures", Path(args.publish))
     log.info("wrote %s, %s and %s", out / "results.json", out / "results.md", out / "figures")
@@ -556,8 +563,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    try:
-        raise SystemExit(main())
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(1) from None
+    run_module_main(main)

@@ -161,8 +161,23 @@ def main(argv: Sequence[str] | None = None) -> None:
         n_drivers=args.drivers,
         leads_days=[float(v) for v in args.leads.split(",")],
     )
-    print(format_table(res))
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="driver-unknown forecast RMSE / climatology RMSE (< 1 beats climatology)")
+    for col in ("channel", "lead (d)", "bound", "one wrong driver", "persistence", "climatology RMSE"):
+        table.add_column(col)
+    for i, c in enumerate(res["channels"]):
+        for k, lead in enumerate(res["leads_days"]):
+            ref = res["climatology"][k][i]
+            ratios = [
+                f"{res[key][k][i] / ref:.2f}" for key in ("driver_mean", "driver_member", "persistence")
+            ]
+            table.add_row(c, f"{lead:g}", *ratios, f"{ref:.4g}")
+    Console().print(table)
 
 
 if __name__ == "__main__":
-    main()
+    from data_catalog.errors import run_module_main
+
+    run_module_main(main)

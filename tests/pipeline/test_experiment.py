@@ -181,3 +181,25 @@ def test_configs_carry_alpha_cycles_and_stochastic_forcing():
     assert p["d_noise_x_ckpts"]["stochastic"] == 0.7 and p["c_ckpts_only"] == {"method": "none"}
     for c in cfgs.values():  # every config is valid for the engine
         ForecastConfig.model_validate(c)
+
+
+def test_module_entry_point_bad_input_is_one_line(tmp_path):
+    """``python -m pipeline.experiment`` with a missing checkpoint folder: one error line, exit 2."""
+    import subprocess
+    import sys
+
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline.experiment",
+            str(tmp_path / "out"),
+            "--checkpoints",
+            str(tmp_path / "nope"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == [f"error: checkpoint folder not found: {tmp_path / 'nope'}"]
