@@ -76,12 +76,12 @@ class WorldParams:
     )
     # storm-track stirring: a vorticity source whose longitude pattern is the state of a Lorenz (1996)
     # ring per hemisphere (deterministic chaos standing in for unresolved baroclinic eddies)
-    stir_amp: float = 2e-10  # vorticity-source scale at the storm-track centre (s-2)
+    stir_amp: float = 1e-10  # vorticity-source scale at the storm-track centre (s-2)
     stir_width: float = 12.0  # Gaussian half-width of the storm tracks (deg), centred on the jets
     stir_season_amp: float = 0.3  # winter/summer modulation of the stirring
     l96_k: int = 36  # sectors per latitude circle
     l96_forcing: float = 8.0
-    l96_time_days: float = 2.0  # one Lorenz-96 time unit in days
+    l96_time_days: float = 16.0  # one Lorenz-96 time unit in days (v1: 2)
     forcing_update_hours: float = 6.0  # equilibrium jets and storm-track envelopes refresh interval
     # initial noise (relative vorticity, s-1) used to start each trajectory
     init_noise: float = 1e-6

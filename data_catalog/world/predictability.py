@@ -15,7 +15,7 @@ model could do, with the world's *own* equations as the forecast model:
 The bound is optimistic in one way (the model is perfect) and pessimistic in another (a learned model
 may infer part of the ring state from the flow's recent history, which the drawn drivers ignore).
 
-Run: ``python -m data_catalog.world.predictability [--states 12] [--drivers 6]``.
+Run: ``python -m data_catalog.world.predictability [--states 12] [--drivers 6] [--driver-error 1]``.
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ def driver_bound(
     spacing_days: float = 30.0,
     seed: int = 1,
     params: WorldParams | None = None,
+    driver_error: float = 1.0,
 ) -> dict:
     """Perfect-model, unknown-driver forecast error of the world, per channel and lead.
 
@@ -71,6 +72,11 @@ def driver_bound(
         drivers per state (the other trajectories' ring states).
     leads_days
         Lead times scored.
+    driver_error
+        How wrong the drivers are: each wrong ring state is ``x + driver_error (x_other - x)``; 1 (the
+        default) is an unrelated, climatologically plausible driver, 0.3 a driver known up to 30 % of
+        the difference between two states (what a model that infers the driver from the flow might
+        reach), 0 the true driver.
 
     Returns
     -------
@@ -92,7 +98,7 @@ def driver_bound(
         f0 = _fields(model, synth, s)
         runs = n_drivers + 1
         S = torch.cat([s] * runs)
-        X = torch.cat([x] + [x.roll(k + 1, dims=0) for k in range(n_drivers)])
+        X = torch.cat([x] + [x + driver_error * (x.roll(k + 1, dims=0) - x) for k in range(n_drivers)])
         T = np.concatenate([t] * runs)
         w = area_weights(OUT_LAT)
         clim = None
@@ -151,6 +157,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--states", type=int, default=12)
     ap.add_argument("--drivers", type=int, default=6)
     ap.add_argument("--leads", default="1,2,3,5,10", help="lead times in days, comma separated")
+    ap.add_argument(
+        "--driver-error",
+        type=float,
+        default=1.0,
+        help="wrong ring state = true + e (other - true): 1 unrelated driver, 0.3 driver known to 30 %%",
+    )
     args = ap.parse_args(argv)
     from data_catalog.readers import open_reanalysis
 
@@ -160,11 +172,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         n_states=args.states,
         n_drivers=args.drivers,
         leads_days=[float(v) for v in args.leads.split(",")],
+        driver_error=args.driver_error,
     )
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="driver-unknown forecast RMSE / climatology RMSE (< 1 beats climatology)")
+    title = "driver-unknown" if args.driver_error == 1.0 else f"driver error {args.driver_error:g}"
+    table = Table(title=f"{title} forecast RMSE / climatology RMSE (< 1 beats climatology)")
     for col in ("channel", "lead (d)", "bound", "one wrong driver", "persistence", "climatology RMSE"):
         table.add_column(col)
     for i, c in enumerate(res["channels"]):

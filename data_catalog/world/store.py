@@ -37,7 +37,7 @@ from data_catalog.world.spectral import PointSynthesis
 
 log = logging.getLogger(__name__)
 
-WORLD_VERSION = "sphere-swe-v1"
+WORLD_VERSION = "sphere-swe-v2"
 EPOCH = np.datetime64("2000-01-01T00:00:00", "ns")
 OUT_LAT = np.arange(32) * 5.625 - 87.1875  # WeatherBench2 64x32, ascending, no poles
 OUT_LON = np.arange(64) * 5.625
@@ -342,7 +342,7 @@ def cached_world(build: bool = True, **spec_kwargs) -> Path:
 def world_store(build: bool = True) -> Path:
     """Path of the shipped world store ``builtin:sphere-swe``, building it on first use.
 
-    Cached as ``$WXENS_CACHE/sphere-swe-v1-<hash>.zarr`` (default cache ``~/.cache/wxens``); safe
+    Cached as ``$WXENS_CACHE/sphere-swe-v2-<hash>.zarr`` (default cache ``~/.cache/wxens``); safe
     when several processes call it at once (see :func:`cached_world`). With ``build=False`` a
     missing store raises :class:`UserError` instead of building.
     """

@@ -42,3 +42,23 @@ def test_wrong_driver_error_grows_and_mean_beats_members() -> None:
     assert "| z500 | 0.25 |" in format_table(res)
     with pytest.raises(ValueError, match="n_drivers"):
         driver_bound(None, n_states=2, n_drivers=2)
+
+
+def test_driver_error_scales_the_loss() -> None:
+    """``driver_error`` 0 reruns the true driver (zero error, exactly); 0.3 loses less than 1."""
+    exact = driver_bound(None, n_states=3, n_drivers=2, leads_days=(0.5,), spinup_days=2.0, driver_error=0.0)
+    assert np.all(np.asarray(exact["driver_mean"]) == 0.0)
+    part = driver_bound(None, n_states=3, n_drivers=2, leads_days=(1.0,), spinup_days=2.0, driver_error=0.3)
+    full = driver_bound(None, n_states=3, n_drivers=2, leads_days=(1.0,), spinup_days=2.0)
+    assert np.all(0 < np.asarray(part["driver_mean"])) and np.all(
+        np.asarray(part["driver_mean"]) < np.asarray(full["driver_mean"])
+    )
+
+
+def test_module_entry_point_prints_the_table(capsys: pytest.CaptureFixture[str]) -> None:
+    """``python -m data_catalog.world.predictability`` on the shipped world, reduced to a quick case."""
+    from data_catalog.world.predictability import main
+
+    main(["--states", "3", "--drivers", "2", "--leads", "0.5", "--driver-error", "0.3"])
+    out = capsys.readouterr().out
+    assert "driver error 0.3" in out and "vo500" in out
