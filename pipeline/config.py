@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -32,7 +32,9 @@ class PerturbationConfig(_Strict):
     ``stochastic`` > 0 adds stochastic forcing during the rollout (model error, e.g. processes the
     model cannot see): after every step each member gets an independent spherical random field of
     correlation length ``stochastic_length_km`` per channel with RMS ``stochastic x`` the checkpoint's
-    6 h RMSE, drawn from the member's own generator (members stay reproducible alone).
+    6 h RMSE, drawn from the member's own generator (members stay reproducible alone). A mapping
+    ``{channel: factor}`` sets the factor per channel (channels not named are not forced), since
+    channels lose spread at different rates in a model.
     """
 
     method: Literal["bred", "spherical", "gaussian", "none"] = "bred"
@@ -44,7 +46,7 @@ class PerturbationConfig(_Strict):
     length_scale_km: float = Field(500.0, gt=0)
     amplitude: dict[str, float] | None = None
     nonnegative: list[str] = Field(default_factory=list)
-    stochastic: float = Field(0.0, ge=0)
+    stochastic: Annotated[float, Field(ge=0)] | dict[str, Annotated[float, Field(ge=0)]] = 0.0
     stochastic_length_km: float = Field(1000.0, gt=0)
 
 

@@ -357,7 +357,16 @@ def make_perturbation(cfg: ForecastConfig, plan: Plan, model: Any) -> Any:
 def make_forcing(cfg: ForecastConfig, plan: Plan, model: Any) -> StochasticForcing | None:
     """Stochastic forcing of ``cfg`` for one checkpoint (RMS ``stochastic x`` its 6 h RMSE), or None."""
     p = cfg.perturbation
-    if p.stochastic <= 0:
+    if isinstance(p.stochastic, dict):
+        unknown = sorted(set(p.stochastic) - set(plan.channels))
+        if unknown:
+            raise UserError(
+                f"perturbation.stochastic names channel(s) the model does not have: {', '.join(unknown)}"
+            )
+        factors = [float(p.stochastic.get(c, 0.0)) for c in plan.channels]
+    else:
+        factors = [float(p.stochastic)] * len(plan.channels)
+    if max(factors) <= 0:
         return None
     if not hasattr(model, "rmse_at"):
         raise UserError("perturbation.stochastic needs the checkpoint's 6 h skill (skill.json)")
@@ -365,7 +374,9 @@ def make_forcing(cfg: ForecastConfig, plan: Plan, model: Any) -> StochasticForci
     missing = [c for c in plan.channels if c not in rmse]
     if missing:
         raise UserError(f"no 6 h skill for channel(s) {', '.join(missing)}")
-    amp = torch.tensor([p.stochastic * float(rmse[c]) for c in plan.channels], dtype=torch.float64)
+    amp = torch.tensor(
+        [f * float(rmse[c]) for f, c in zip(factors, plan.channels, strict=True)], dtype=torch.float64
+    )
     return StochasticForcing(amp, plan.latitude, plan.longitude, p.stochastic_length_km)
 
 

@@ -61,6 +61,28 @@ def labels(n_ckpt: int) -> dict[str, str]:
     }
 
 
+def parse_stochastic(text: str) -> float | dict[str, float]:
+    """``"2"`` -> 2.0; ``"z500=2,u500=2.5"`` -> ``{"z500": 2.0, "u500": 2.5}`` (factors >= 0)."""
+    try:
+        if "=" not in text:
+            factor = float(text)
+            value: float | dict[str, float] = factor
+            factors = [factor]
+        else:
+            pairs = [item.split("=") for item in text.split(",")]
+            if any(len(p) != 2 or not p[0].strip() for p in pairs):
+                raise ValueError
+            value = {k.strip(): float(v) for k, v in pairs}
+            factors = list(value.values())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"'{text}' is neither a factor nor channel=factor pairs such as z500=2,u500=2.5"
+        ) from None
+    if any(not f >= 0 for f in factors):
+        raise argparse.ArgumentTypeError(f"stochastic factors must be >= 0, not '{text}'")
+    return value
+
+
 def experiment_configs(
     checkpoints: list[str],
     inits: list[str],
@@ -70,7 +92,7 @@ def experiment_configs(
     loader: str,
     alpha: float = 0.35,
     cycles: int = 3,
-    stochastic: float = 0.0,
+    stochastic: float | dict[str, float] = 0.0,
 ) -> dict[str, dict[str, Any]]:
     """The four forecast configs (a)-(d); ``alpha`` (amplitude / 48 h RMSE), breeding ``cycles`` and
     the stochastic forcing (RMS / 6 h RMSE per step) of (a), (b) and (d); (c) stays unperturbed."""
@@ -474,9 +496,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cycles", type=int, default=3, help="breeding cycles")
     ap.add_argument(
         "--stochastic",
-        type=float,
+        type=parse_stochastic,
         default=0.0,
-        help="stochastic forcing of (a), (b), (d): RMS / 6 h RMSE per step",
+        help="stochastic forcing of (a), (b), (d): RMS / 6 h RMSE per step; one factor, or per channel "
+        "as z500=2,u500=2.5 (channels not named are not forced)",
     )
     ap.add_argument("--checkpoints", default=None, help="folder of checkpoints (default: shipped)")
     ap.add_argument("--analysis", default="builtin:sphere-swe")

@@ -268,11 +268,11 @@ class Perturbation(_Model):
     amplitude: dict[str, Annotated[float, Field(gt=0)]] | None = Field(
         default=None, description="Explicit per-channel amplitudes in physical units; overrides alpha x RMSE."
     )
-    stochastic: float = Field(
+    stochastic: Annotated[float, Field(ge=0)] | dict[str, Annotated[float, Field(ge=0)]] = Field(
         default=0.0,
-        ge=0,
         description="Stochastic forcing during the rollout: per step and member a spherical random field "
-        "per channel with RMS stochastic x the checkpoint's 6 h RMSE (0 = off); represents model error.",
+        "per channel with RMS stochastic x the checkpoint's 6 h RMSE (0 = off); represents model error. "
+        "A mapping {channel: factor} sets it per channel (channels not named are not forced).",
     )
     stochastic_length_km: float = Field(
         default=1000.0, gt=0, description="Correlation length of the stochastic forcing (km)."

@@ -335,3 +335,30 @@ def test_stochastic_forcing_members_reproducible_and_sized(world):
         for k in (4, 5, 6)
     ]
     assert torch.equal(f.draw([g1])[0], f.draw(g2)[1])
+
+
+def test_stochastic_forcing_per_channel(world):
+    """``stochastic: {channel: factor}`` forces only the named channels, each with its own factor: after
+    the first step an unperturbed member differs from the control in z500 only, by exactly what the
+    same factor for every channel gives z500, and twice what half the factor gives; a channel the model
+    lacks is a one-line error."""
+    kw = dict(checkpoints=world["checkpoints"][:1], init_times=["2008-01-02T00"], lead_steps=1,
+              inline={"enabled": False})  # fmt: skip
+    out = {}
+    for name, st in (("ch", {"z500": 2.0}), ("half", {"z500": 1.0}), ("all", 2.0), ("none", 0.0)):
+        run_forecast(base_config(world, perturbation={"method": "none", "stochastic": st}, **kw),
+                     world["root"] / f"stoch-{name}")  # fmt: skip
+        out[name] = open_forecast(world["root"] / f"stoch-{name}").isel(
+            time=0, number=0, prediction_timedelta=1
+        )
+    assert np.array_equal(out["ch"]["vo500"].values, out["none"]["vo500"].values)
+    assert not np.allclose(out["all"]["vo500"].values, out["none"]["vo500"].values)
+    d = (out["ch"]["z500"] - out["none"]["z500"]).values
+    assert np.abs(d).max() > 0
+    np.testing.assert_allclose(d, (out["all"]["z500"] - out["none"]["z500"]).values, rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(
+        d, 2 * (out["half"]["z500"] - out["none"]["z500"]).values, rtol=1e-4, atol=1e-2
+    )
+    bad = base_config(world, perturbation={"method": "none", "stochastic": {"t850": 1.0}}, **kw)
+    with pytest.raises(UserError, match="t850"):
+        run_forecast(bad, world["root"] / "stoch-bad")

@@ -41,7 +41,7 @@ def run(toy_world):
     (docs / "engine.md").write_text(f"# Engine\n\nbefore\n\n{ex.BEGIN}\nold table\n{ex.END}\n\nafter\n")
     argv = [str(out), "--inits", "2", "--leads", "8", "--pairs", "1", "--checkpoints", str(toy_world / "ckpts"),
             "--analysis", str(toy_world / "analysis.zarr"), "--loader", "pipeline.testing:load_toy_checkpoint",
-            "--first", "2008-01-02T00", "--last", "2008-01-03T00", "--publish", str(docs)]  # fmt: skip
+            "--first", "2008-01-02T00", "--last", "2008-01-03T00", "--alpha", "0.35", "--publish", str(docs)]  # fmt: skip
     assert ex.main(argv) == 0
     return {"out": out, "docs": docs, "res": json.loads((out / "results.json").read_text())}
 
@@ -203,3 +203,15 @@ def test_module_entry_point_bad_input_is_one_line(tmp_path):
     )
     assert res.returncode == 2
     assert res.stderr.strip().splitlines() == [f"error: checkpoint folder not found: {tmp_path / 'nope'}"]
+
+
+def test_stochastic_argument_per_channel():
+    import argparse
+
+    from pipeline.experiment import parse_stochastic
+
+    assert parse_stochastic("2") == 2.0
+    assert parse_stochastic("z500=2, u500=2.5") == {"z500": 2.0, "u500": 2.5}
+    for bad in ("x", "z500=", "=2", "z500=2,u500", "-1", "z500=-0.5"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_stochastic(bad)

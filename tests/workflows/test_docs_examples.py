@@ -141,7 +141,8 @@ def test_benchmark_suite_huge_figure_with_repeats(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_pipeline_experiment_small(tmp_path: Path) -> None:
-    """docs/engine.md: `python -m pipeline.experiment OUT --inits 20 --leads 20 --pairs 2 --stochastic 0.7`
+    """docs/engine.md: `python -m pipeline.experiment OUT --inits 20 --leads 40 --pairs 2 --alpha 0.1
+    --stochastic z500=1.5,u500=2.5,v500=2.5,vo500=2`
     at 1 init, 1 lead, 1 pair (shipped checkpoints, the built-in world; about 20 s once the world is cached)."""
     import torch
 
@@ -149,7 +150,8 @@ def test_pipeline_experiment_small(tmp_path: Path) -> None:
 
     threads = torch.get_num_threads()
     try:
-        argv = [str(tmp_path), "--inits", "1", "--leads", "1", "--pairs", "1", "--stochastic", "0.7"]
+        argv = [str(tmp_path), "--inits", "1", "--leads", "1", "--pairs", "1", "--alpha", "0.1",
+                "--stochastic", "z500=1.5,u500=2.5,v500=2.5,vo500=2"]  # fmt: skip
         assert experiment.main(argv) == 0
     finally:
         torch.set_num_threads(threads)
