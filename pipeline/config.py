@@ -34,7 +34,9 @@ class PerturbationConfig(_Strict):
     correlation length ``stochastic_length_km`` per channel with RMS ``stochastic x`` the checkpoint's
     6 h RMSE, drawn from the member's own generator (members stay reproducible alone). A mapping
     ``{channel: factor}`` sets the factor per channel (channels not named are not forced), since
-    channels lose spread at different rates in a model.
+    channels lose spread at different rates in a model. ``stochastic_ramp_hours`` > 0 lets the forcing
+    grow linearly from nothing at the init to full strength at that lead (error grows faster than a
+    random walk at first; constant forcing over-spreads the first day).
     """
 
     method: Literal["bred", "spherical", "gaussian", "none"] = "bred"
@@ -48,6 +50,7 @@ class PerturbationConfig(_Strict):
     nonnegative: list[str] = Field(default_factory=list)
     stochastic: Annotated[float, Field(ge=0)] | dict[str, Annotated[float, Field(ge=0)]] = 0.0
     stochastic_length_km: float = Field(1000.0, gt=0)
+    stochastic_ramp_hours: float = Field(0.0, ge=0)
 
 
 class OutputConfig(_Strict):

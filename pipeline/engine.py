@@ -377,7 +377,10 @@ def make_forcing(cfg: ForecastConfig, plan: Plan, model: Any) -> StochasticForci
     amp = torch.tensor(
         [f * float(rmse[c]) for f, c in zip(factors, plan.channels, strict=True)], dtype=torch.float64
     )
-    return StochasticForcing(amp, plan.latitude, plan.longitude, p.stochastic_length_km)
+    step_hours = model.time_step.total_seconds() / 3600.0
+    return StochasticForcing(
+        amp, plan.latitude, plan.longitude, p.stochastic_length_km, p.stochastic_ramp_hours / step_hours
+    )
 
 
 def _nonneg(cfg: ForecastConfig, plan: Plan) -> torch.Tensor | None:

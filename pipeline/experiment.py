@@ -93,6 +93,7 @@ def experiment_configs(
     alpha: float = 0.35,
     cycles: int = 3,
     stochastic: float | dict[str, float] = 0.0,
+    stochastic_ramp_hours: float = 0.0,
 ) -> dict[str, dict[str, Any]]:
     """The four forecast configs (a)-(d); ``alpha`` (amplitude / 48 h RMSE), breeding ``cycles`` and
     the stochastic forcing (RMS / 6 h RMSE per step) of (a), (b) and (d); (c) stays unperturbed."""
@@ -118,6 +119,7 @@ def experiment_configs(
                 "alpha": alpha,
                 "cycles": cycles,
                 "stochastic": stochastic,
+                "stochastic_ramp_hours": stochastic_ramp_hours,
             },
         },
         "b_bred_x_1ckpt": {
@@ -129,6 +131,7 @@ def experiment_configs(
                 "alpha": alpha,
                 "cycles": cycles,
                 "stochastic": stochastic,
+                "stochastic_ramp_hours": stochastic_ramp_hours,
             },
         },
         "c_ckpts_only": {**base, "checkpoints": checkpoints, "perturbation": {"method": "none"}},
@@ -140,6 +143,7 @@ def experiment_configs(
                 "n_pairs": pairs,
                 "alpha": alpha,
                 "stochastic": stochastic,
+                "stochastic_ramp_hours": stochastic_ramp_hours,
             },
         },
     }
@@ -501,6 +505,13 @@ def main(argv: list[str] | None = None) -> int:
         help="stochastic forcing of (a), (b), (d): RMS / 6 h RMSE per step; one factor, or per channel "
         "as z500=2,u500=2.5 (channels not named are not forced)",
     )
+    ap.add_argument(
+        "--stochastic-ramp",
+        type=float,
+        default=0.0,
+        metavar="HOURS",
+        help="lead over which the forcing grows linearly to full strength (0: full from the first step)",
+    )
     ap.add_argument("--checkpoints", default=None, help="folder of checkpoints (default: shipped)")
     ap.add_argument("--analysis", default="builtin:sphere-swe")
     ap.add_argument("--loader", default="models.checkpoint:load_checkpoint")
@@ -542,6 +553,7 @@ def main(argv: list[str] | None = None) -> int:
         alpha=args.alpha,
         cycles=args.cycles,
         stochastic=args.stochastic,
+        stochastic_ramp_hours=args.stochastic_ramp,
     )
     scores: dict[str, dict[str, Any]] = {}
     for name, cfg in cfgs.items():

@@ -45,15 +45,26 @@ class StochasticForcing:
     """
 
     def __init__(
-        self, amplitude: torch.Tensor, latitude: np.ndarray, longitude: np.ndarray, length_scale_km: float
+        self,
+        amplitude: torch.Tensor,
+        latitude: np.ndarray,
+        longitude: np.ndarray,
+        length_scale_km: float,
+        ramp_steps: float = 0.0,
     ) -> None:
         from pipeline.perturbations.sphere import SphericalRandomField
+
+        self.ramp_steps = float(ramp_steps)
 
         self.field = SphericalRandomField(latitude, longitude, length_scale_km)
         self.nchan = int(amplitude.numel())
         # fields have unit-variance coefficients; scale them to unit area-mean variance (the spectrum's sum)
         self.norm = float(self.field.unit_rms())
         self.amplitude = amplitude.double().view(-1, 1, 1) / self.norm
+
+    def ramp(self, lead: int) -> float:
+        """Strength at lead step ``lead`` (>= 1): ``min(1, lead / ramp_steps)``, or 1 without a ramp."""
+        return 1.0 if self.ramp_steps <= 0 else min(1.0, lead / self.ramp_steps)
 
     def draw(self, generators: Sequence[torch.Generator]) -> torch.Tensor:
         out = [self.field.sample(self.nchan, g) * self.amplitude for g in generators]
@@ -125,7 +136,7 @@ def run_unit(
             if lead > 0:
                 x = model.step(x, init_time + (lead - 1) * step).float()  # type: ignore[attr-defined]
                 if forcing is not None and fgens is not None:
-                    x = x + forcing.draw(fgens).to(x.device)
+                    x = x + forcing.draw(fgens).to(x.device) * forcing.ramp(lead)
                 if on_step is not None:
                     on_step(x.shape[0])
             bad = ~torch.isfinite(x).flatten(1).all(dim=1)

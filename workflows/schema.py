@@ -277,6 +277,12 @@ class Perturbation(_Model):
     stochastic_length_km: float = Field(
         default=1000.0, gt=0, description="Correlation length of the stochastic forcing (km)."
     )
+    stochastic_ramp_hours: float = Field(
+        default=0.0,
+        ge=0,
+        description="Lead (hours) over which the stochastic forcing grows linearly from 0 to full "
+        "strength (0 = full from the first step).",
+    )
 
 
 class ForecastOutput(_Model):

@@ -260,6 +260,7 @@ def forecast_config(
         "length_scale_km": p.length_scale_km,
         "stochastic": p.stochastic,
         "stochastic_length_km": p.stochastic_length_km,
+        "stochastic_ramp_hours": p.stochastic_ramp_hours,
     }
     if p.method != "none":
         pert["n_pairs"] = f.n_pairs()

@@ -340,14 +340,16 @@ def test_stochastic_forcing_members_reproducible_and_sized(world):
 def test_stochastic_forcing_per_channel(world):
     """``stochastic: {channel: factor}`` forces only the named channels, each with its own factor: after
     the first step an unperturbed member differs from the control in z500 only, by exactly what the
-    same factor for every channel gives z500, and twice what half the factor gives; a channel the model
-    lacks is a one-line error."""
+    same factor for every channel gives z500, twice what half the factor gives, and four times what a
+    24-hour ramp gives (6 h steps); a channel the model lacks is a one-line error."""
     kw = dict(checkpoints=world["checkpoints"][:1], init_times=["2008-01-02T00"], lead_steps=1,
               inline={"enabled": False})  # fmt: skip
     out = {}
-    for name, st in (("ch", {"z500": 2.0}), ("half", {"z500": 1.0}), ("all", 2.0), ("none", 0.0)):
-        run_forecast(base_config(world, perturbation={"method": "none", "stochastic": st}, **kw),
-                     world["root"] / f"stoch-{name}")  # fmt: skip
+    runs = (("ch", {"z500": 2.0}, 0.0), ("half", {"z500": 1.0}, 0.0), ("all", 2.0, 0.0), ("none", 0.0, 0.0),
+            ("ramp", {"z500": 2.0}, 24.0))  # fmt: skip
+    for name, st, ramp in runs:
+        pert = {"method": "none", "stochastic": st, "stochastic_ramp_hours": ramp}
+        run_forecast(base_config(world, perturbation=pert, **kw), world["root"] / f"stoch-{name}")
         out[name] = open_forecast(world["root"] / f"stoch-{name}").isel(
             time=0, number=0, prediction_timedelta=1
         )
@@ -358,6 +360,10 @@ def test_stochastic_forcing_per_channel(world):
     np.testing.assert_allclose(d, (out["all"]["z500"] - out["none"]["z500"]).values, rtol=1e-5, atol=1e-3)
     np.testing.assert_allclose(
         d, 2 * (out["half"]["z500"] - out["none"]["z500"]).values, rtol=1e-4, atol=1e-2
+    )
+    # a 24 h ramp with 6 h steps: a quarter of the forcing at the first step, the same draw
+    np.testing.assert_allclose(
+        4 * (out["ramp"]["z500"] - out["none"]["z500"]).values, d, rtol=1e-4, atol=4e-2
     )
     bad = base_config(world, perturbation={"method": "none", "stochastic": {"t850": 1.0}}, **kw)
     with pytest.raises(UserError, match="t850"):

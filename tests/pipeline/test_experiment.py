@@ -167,8 +167,9 @@ def test_configs_carry_alpha_cycles_and_stochastic_forcing():
     from pipeline.config import ForecastConfig
 
     cfgs = ex.experiment_configs(
-        ["c0", "c1"], ["2008-01-02T00"], 4, 2, "a.zarr", "m:f", alpha=0.6, cycles=2, stochastic=0.7
-    )
+        ["c0", "c1"], ["2008-01-02T00"], 4, 2, "a.zarr", "m:f", alpha=0.6, cycles=2, stochastic=0.7,
+        stochastic_ramp_hours=24.0,
+    )  # fmt: skip
     p = {k: v["perturbation"] for k, v in cfgs.items()}
     assert p["a_bred_x_ckpts"] == {
         "method": "bred",
@@ -176,6 +177,7 @@ def test_configs_carry_alpha_cycles_and_stochastic_forcing():
         "alpha": 0.6,
         "cycles": 2,
         "stochastic": 0.7,
+        "stochastic_ramp_hours": 24.0,
     }
     assert p["b_bred_x_1ckpt"]["n_pairs"] == 4 and p["b_bred_x_1ckpt"]["stochastic"] == 0.7
     assert p["d_noise_x_ckpts"]["stochastic"] == 0.7 and p["c_ckpts_only"] == {"method": "none"}
