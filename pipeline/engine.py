@@ -22,6 +22,7 @@ import importlib
 import json
 import logging
 import platform
+import re
 import socket
 import time
 from collections.abc import Callable
@@ -692,10 +693,29 @@ def finalize(run_dir: Path, cfg: ForecastConfig) -> bool:
             if ds is None:
                 ds = open_analysis(cfg.analysis)
             inl.finalize(run_dir, cfg.inline, plan, lambda t: truth_at(ds, plan, t), keep=cfg.output.keep)
+        # a process killed inside zarr's atomic chunk write leaves its temporary file behind (the chunk
+        # itself is rewritten by whoever redoes the unit); every unit is done, so no writer is left
+        stores = [Path(cfg.output.path) if cfg.output.path else run_dir / STORE_NAME, run_dir]
+        removed = sum(remove_orphan_temp_files(p) for p in dict.fromkeys(stores) if p.exists())
+        if removed:
+            log.info("removed %d temporary chunk file(s) left by interrupted writers", removed)
         mf.atomic_write(run_dir / "COMPLETE", json.dumps({"time": time.time()}))
         return True
     finally:
         lock.release()
+
+
+_ZARR_TEMP = re.compile(r"\.[0-9a-f]{32}\.partial$")
+
+
+def remove_orphan_temp_files(root: Path) -> int:
+    """Delete zarr's temporary chunk files (``<key>.<uuid hex>.partial``) under ``root``; their count."""
+    n = 0
+    for f in root.rglob("*.partial"):
+        if f.is_file() and _ZARR_TEMP.search(f.name):
+            f.unlink(missing_ok=True)
+            n += 1
+    return n
 
 
 def regenerate_members(

@@ -368,3 +368,30 @@ def test_stochastic_forcing_per_channel(world):
     bad = base_config(world, perturbation={"method": "none", "stochastic": {"t850": 1.0}}, **kw)
     with pytest.raises(UserError, match="t850"):
         run_forecast(bad, world["root"] / "stoch-bad")
+
+
+def test_finalize_removes_temporary_chunk_files_of_killed_writers(world, tmp_path):
+    """A process killed inside zarr's atomic write leaves ``<chunk>.<uuid>.partial`` behind; once every
+    unit is done the run deletes such files (and nothing else), so a resumed store equals an uninterrupted
+    one file for file."""
+    from pipeline.engine import remove_orphan_temp_files
+
+    for rel in ("a/c/0.0123456789abcdef0123456789abcdef.partial", "keep/scores.partial.zarr/zarr.json",
+                "keep/b.partial", "keep/c/0.0123.partial"):  # fmt: skip
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("x")
+    assert remove_orphan_temp_files(tmp_path) == 1
+    assert not (tmp_path / "a/c/0.0123456789abcdef0123456789abcdef.partial").exists()
+    assert len([p for p in tmp_path.rglob("*") if p.is_file()]) == 3
+
+    cfg = base_config(world, checkpoints=world["checkpoints"][:2], init_times=["2008-01-02T00"], lead_steps=1,
+                      inline={"enabled": False})  # fmt: skip
+    run_dir = world["root"] / "orphans"
+    first = run_forecast(cfg, run_dir, shard=(0, 2))
+    assert not first["complete"]
+    orphan = run_dir / "forecast.zarr" / "z500" / "c" / "0.fedcba9876543210fedcba9876543210.partial"
+    orphan.parent.mkdir(parents=True, exist_ok=True)
+    orphan.write_bytes(b"half a chunk")
+    assert run_forecast(cfg, run_dir, shard=(1, 2))["complete"]
+    assert not orphan.exists()
+    assert not list(run_dir.rglob("*.partial"))
