@@ -25,8 +25,10 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -107,23 +109,23 @@ def bf16_check(analysis: str, device: torch.device, n_inits: int = 8) -> dict[st
     return out
 
 
-def throughput(
-    analysis: str, device: torch.device, members: list[int], batches: list[int], quick: bool, work: Path
-) -> dict[str, Any]:
-    """Engine member-steps/s (float32 and bf16) with the shipped checkpoints, and the model alone."""
-    from benchmarks.common import untrained_model
+def engine_throughput(
+    analysis: str, device: torch.device, members: list[int], work: Path, emit: Callable[[dict], None]
+) -> list[dict[str, Any]]:
+    """``pipeline.run_forecast`` member-steps/s (float32 and bf16) with the shipped checkpoints."""
     from models import pretrained_dir
     from pipeline import run_forecast
 
     ckpts = [str(p) for p in sorted(pretrained_dir("sphere-swe").glob("seed-*"))]
-    engine = []
+    rows = []
     for n in members:
+        n_pairs = max(1, n // (2 * len(ckpts)))
         for bf16 in (False, True):
-            cfg = {
+            cfg: dict[str, Any] = {
                 "analysis": analysis,
                 "init_times": ["2008-01-15T00"],
                 "checkpoints": ckpts,
-                "perturbation": {"method": "bred", "n_pairs": max(1, n // (2 * len(ckpts))), "alpha": 0.1},
+                "perturbation": {"method": "bred", "n_pairs": n_pairs, "alpha": 0.1},
                 "lead_steps": 40,
                 "batch_size": max(1, n // len(ckpts)),
                 "device": device.type,
@@ -140,21 +142,36 @@ def throughput(
             s = run_forecast(cfg, run_dir)
             _sync(device)
             wall = time.perf_counter() - t0
-            m_total = 2 * cfg["perturbation"]["n_pairs"] * len(ckpts)
-            engine.append({"members": m_total, "bf16": bf16, "wall_s": wall,
-                           "member_steps_per_s": m_total * 40 / wall, "complete": s["complete"],
-                           "peak_device_mib": _peak_mib(device)})  # fmt: skip
+            m_total = 2 * n_pairs * len(ckpts)
+            row = {"members": m_total, "bf16": bf16, "wall_s": wall, "member_steps_per_s": m_total * 40 / wall,
+                   "complete": s["complete"], "peak_device_mib": _peak_mib(device)}  # fmt: skip
+            rows.append(row)
+            emit(row)
             shutil.rmtree(run_dir, ignore_errors=True)
-    model_rows = []
+    return rows
+
+
+def model_throughput(
+    device: torch.device, batches: list[int], quick: bool, emit: Callable[[dict], None]
+) -> list[dict[str, Any]]:
+    """The model alone (untrained default SFNO): batched member-steps/s per grid, batch and precision."""
+    from benchmarks.common import untrained_model
+
+    rows: list[dict[str, Any]] = []
     grids = [(32, 64), (64, 128)] + ([] if quick else [(721, 1440)])
     for nlat, nlon in grids:
+        t0 = time.perf_counter()
         wrap = untrained_model(nlat, nlon, 0).to(device)
+        build_s = time.perf_counter() - t0
+        n_params = sum(p.numel() for p in wrap.net.parameters())
         for b in batches:
             if nlat > 200 and b > 4:
                 continue
             x = torch.randn(b, len(wrap.channels), nlat, nlon, device=device)
             for bf16 in (False, True):
                 wrap.autocast_bf16 = bf16
+                row: dict[str, Any] = {"grid": f"{nlon}x{nlat}", "batch": b, "bf16": bf16, "params": n_params,
+                                       "build_s": build_s}  # fmt: skip
                 try:
                     if device.type == "cuda":
                         torch.cuda.reset_peak_memory_stats(device)
@@ -166,13 +183,14 @@ def throughput(
                         wrap.step(x, T0)
                     _sync(device)
                     dt = (time.perf_counter() - t0) / reps
-                    model_rows.append({"grid": f"{nlon}x{nlat}", "batch": b, "bf16": bf16,
-                                       "member_steps_per_s": b / dt, "peak_device_mib": _peak_mib(device)})  # fmt: skip
+                    row.update(member_steps_per_s=b / dt, peak_device_mib=_peak_mib(device))
                 except torch.cuda.OutOfMemoryError:
-                    model_rows.append({"grid": f"{nlon}x{nlat}", "batch": b, "bf16": bf16, "oom": True})
+                    row["oom"] = True
                     torch.cuda.empty_cache()
+                rows.append(row)
+                emit(row)
         del wrap
-    return {"engine": engine, "model": model_rows}
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int | None:
@@ -196,34 +214,37 @@ def main(argv: list[str] | None = None) -> int | None:
     res: dict[str, Any] = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__,
-        "command": "python -m benchmarks.gpu_check " + " ".join(argv if argv is not None else []),
+        "command": "python -m benchmarks.gpu_check " + " ".join(sys.argv[1:] if argv is None else argv),
     }
-    res["bf16"] = bf16_check(args.analysis, device, args.inits)
-    with tempfile.TemporaryDirectory(prefix="wxens-gpu-") as tmp:
-        res["throughput"] = throughput(
-            args.analysis,
-            device,
-            [int(v) for v in args.members.split(",")],
-            [int(v) for v in args.batches.split(",")],
-            args.quick,
-            Path(tmp),
+    out = Path(args.out) if args.out else None
+
+    def save() -> None:  # after every row: a run cut short still leaves what it measured
+        res["seconds"] = time.perf_counter() - t0
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "gpu_check.json").write_text(json.dumps(res, indent=1))
+
+    def emit(r: dict) -> None:
+        res["throughput"]["engine" if "members" in r else "model"].append(r)
+        save()
+        rate = (
+            "OOM"
+            if r.get("oom")
+            else f"{r['member_steps_per_s']:.1f} member-steps/s, peak {r['peak_device_mib']} MiB"
         )
-    res["seconds"] = time.perf_counter() - t0
-    text = json.dumps(res, indent=1)
-    if args.out:
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-        (Path(args.out) / "gpu_check.json").write_text(text)
+        what = f"engine {r['members']} members" if "members" in r else f"model {r['grid']} batch {r['batch']}"
+        print(f"{what} bf16={r['bf16']}: {rate}", flush=True)
+
+    res["bf16"] = bf16_check(args.analysis, device, args.inits)
+    save()
     b = res["bf16"]
     print(f"device {res['device']}: bf16 max |rel RMSE diff| to 5 days {b['max_rel_diff_to_5_days']:.4f} "
-          f"({'ok' if b['bf16_ok'] else 'NOT ok'})")  # fmt: skip
-    for r in res["throughput"]["engine"]:
-        print(f"engine {r['members']} members bf16={r['bf16']}: {r['member_steps_per_s']:.1f} member-steps/s, "
-              f"peak {r['peak_device_mib']} MiB")  # fmt: skip
-    for r in res["throughput"]["model"]:
-        print(
-            f"model {r['grid']} batch {r['batch']} bf16={r['bf16']}: "
-            + ("OOM" if r.get("oom") else f"{r['member_steps_per_s']:.1f} member-steps/s")
-        )
+          f"({'ok' if b['bf16_ok'] else 'NOT ok'})", flush=True)  # fmt: skip
+    res["throughput"] = {"model": [], "engine": []}
+    model_throughput(device, [int(v) for v in args.batches.split(",")], args.quick, emit)
+    with tempfile.TemporaryDirectory(prefix="wxens-gpu-") as tmp:
+        engine_throughput(args.analysis, device, [int(v) for v in args.members.split(",")], Path(tmp), emit)
+    save()
     return 0
 
 
