@@ -668,6 +668,36 @@ def energy_score(
 # ----------------------------------------------------------------------------------------------------
 
 
+def _from_finite_members(
+    members: Any, obs: Any, member_axis: int, thresholds: Any, keep_sorted: bool
+) -> tuple | None:
+    """:meth:`EnsembleAccumulator.from_members` for NumPy members without NaN and without
+    thresholds or sorted members (the inline scorer's case), reducing over the leading member axis of
+    a contiguous copy instead of a strided last axis with a ``where`` per statistic: same statistics
+    (to float64 rounding: the sums run in another order), several times faster (docs/benchmarks.md
+    "GPU"). None when the general path is needed."""
+    if _is_torch(members) or _is_torch(obs) or thresholds is not None or keep_sorted:
+        return None
+    f = np.moveaxis(np.asarray(members), member_axis, 0)
+    y = np.asarray(obs, dtype=np.float64)
+    if f.ndim == 0 or f.shape[0] == 0 or tuple(y.shape) != tuple(f.shape[1:]):
+        return None
+    f = np.ascontiguousarray(f, dtype=np.float64)
+    if not np.isfinite(f.sum()):  # a NaN or inf anywhere (one cheap pass): the general path
+        return None
+    m = f.shape[0]
+    n = np.full(y.shape, float(m))
+    mean = f.sum(axis=0) / m
+    dev = f - mean
+    m2 = np.einsum("i...,i...->...", dev, dev)
+    err = np.abs(f - y, out=dev)
+    abs_err_sum = err.sum(axis=0)
+    min_abs_err = err.min(axis=0)
+    less = np.count_nonzero(f < y, axis=0).astype(np.float64)
+    eq = np.count_nonzero(f == y, axis=0).astype(np.float64)
+    return (y, n, mean, m2, abs_err_sum, min_abs_err, less, eq, None, None, None)
+
+
 @dataclass
 class EnsembleAccumulator:
     """Mergeable per-point partial sums of an ensemble against fixed observations.
@@ -710,6 +740,9 @@ class EnsembleAccumulator:
         keep_sorted: bool = True,
     ) -> EnsembleAccumulator:
         """Partial sums of one block of members. ``thresholds`` has shape ``(K,)`` or ``(K, *point)``."""
+        fast = _from_finite_members(members, obs, member_axis, thresholds, keep_sorted)
+        if fast is not None:
+            return cls(*fast)
         f, y, _ = _prepare(members, obs, member_axis)
         ok = ~_isnan(f)
         n = _count(ok)

@@ -160,8 +160,9 @@ class SFNOForecastModel:
             valid = [t for t in times if t is not None]
             if len(times) != batch or len(valid) != len(times):
                 raise ValueError("day-of-year features need one valid time per batch member")
+            frac = {t: day_of_year_fraction(t) for t in set(valid)}  # one valid time for a whole batch
             ang = torch.tensor(
-                [2 * np.pi * day_of_year_fraction(t) / DOY_PERIOD_DAYS for t in valid],
+                [2 * np.pi * frac[t] / DOY_PERIOD_DAYS for t in valid],
                 dtype=torch.float32,
                 device=self.device,
             )

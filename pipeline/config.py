@@ -94,6 +94,7 @@ class ForecastConfig(_Strict):
     inline: InlineConfig = InlineConfig.model_validate({})
     seed: int = Field(0, ge=0)
     progress: bool = True
+    io_threads: int | Literal["auto"] = "auto"
 
     @field_validator("batch_size")
     @classmethod
@@ -140,10 +141,12 @@ class ForecastConfig(_Strict):
         return [str(c) for c in self.checkpoints]
 
     def identity(self) -> dict[str, Any]:
-        """The fields that determine the output (everything but device, bf16 aside, and progress)."""
+        """The fields that determine the output (everything but device, bf16 aside, progress and
+        io_threads)."""
         d = self.model_dump(mode="json")
         d.pop("progress", None)
         d.pop("device", None)
+        d.pop("io_threads", None)
         return d
 
     def identity_hash(self) -> str:

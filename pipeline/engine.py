@@ -40,6 +40,7 @@ from pipeline.config import ForecastConfig, load_config
 from pipeline.members import MemberLayout, WorkUnit, block_size_for, shard_units, work_units
 from pipeline.perturbations import BredVectors, GaussianNoise, SphericalNoise
 from pipeline.rollout import StochasticForcing, auto_batch_size, run_unit
+from pipeline.sink import LeadSink, auto_threads
 from pipeline.store import STORE_NAME, StoreWriter, create_store, encode
 
 log = logging.getLogger(__name__)
@@ -521,6 +522,7 @@ def run_forecast(
     mine = shard_units(units, shard)
     store_path = _store_path(run_dir)
     writer = StoreWriter(store_path)
+    io_threads = auto_threads(len(writer.variables), device) if cfg.io_threads == "auto" else cfg.io_threads
     # manifest paths are relative to the run dir (absolute for a store outside it)
     prefix = str(store_path.relative_to(run_dir)) if store_path.is_relative_to(run_dir) else str(store_path)
     todo = [u for u in mine if not mf.is_done(run_dir, u.name, check=True)]
@@ -583,13 +585,9 @@ def run_forecast(
                         truth.for_init(init),
                     )
 
-                def on_lead(
-                    lead: int, x: torch.Tensor, _m=members, _i=unit.init, _s=scorer, _f=files
-                ) -> None:
-                    if writer is not None:
-                        _f.extend(f"{prefix}/{f}" for f in writer.write_lead(_i, lead, _m, x, plan.channels))
-                    if _s is not None:
-                        _s.on_lead(lead, x)
+                sink = LeadSink(
+                    run_dir, writer, prefix, unit.init, members, plan.channels, scorer, io_threads
+                )
 
                 def on_step(n: int) -> None:
                     nonlocal member_steps
@@ -597,21 +595,26 @@ def run_forecast(
                     rate = member_steps / max(time.time() - t0, 1e-9)
                     prog.update(task, advance=n, rate=f"{rate:.1f}")
 
-                first_bad = run_unit(
-                    model,
-                    pert,
-                    analyses,
-                    times,
-                    run_seed=cfg.seed,
-                    checkpoint=unit.checkpoint,
-                    pairs=unit.pairs(plan.block),
-                    lead_steps=plan.lead_steps,
-                    on_lead=on_lead,
-                    nonnegative=_nonneg(cfg, plan),
-                    bf16=cfg.bf16,
-                    on_step=on_step,
-                    forcing=forcing,
-                )
+                try:
+                    first_bad = run_unit(
+                        model,
+                        pert,
+                        analyses,
+                        times,
+                        run_seed=cfg.seed,
+                        checkpoint=unit.checkpoint,
+                        pairs=unit.pairs(plan.block),
+                        lead_steps=plan.lead_steps,
+                        on_lead=sink,
+                        nonnegative=_nonneg(cfg, plan),
+                        bf16=cfg.bf16,
+                        on_step=on_step,
+                        forcing=forcing,
+                    )
+                    sums = sink.drain()
+                finally:
+                    sink.close()
+                files.extend(sums)
                 if writer is not None:
                     nf = writer.write_nonfinite(unit.init, members, first_bad)
                     files.extend(f"{prefix}/{f}" for f in nf)
@@ -625,6 +628,7 @@ def run_forecast(
                     {"nonfinite_members": nonfinite.get(unit.name, [])},
                     transient=transient,
                     released_by=inl.final_file(unit.init),
+                    sums=sums,
                 )
                 computed.append(unit.name)
                 done_members += len(members)

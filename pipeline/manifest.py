@@ -135,11 +135,13 @@ def record(
     *,
     transient: list[str] | None = None,
     released_by: str | None = None,
+    sums: dict[str, str] | None = None,
 ) -> None:
     """fsync the unit's files, checksum them and write the manifest entry atomically.
 
-    ``transient`` files are checked only while ``released_by`` (a path relative to the run dir) does
-    not exist (see the module docstring)."""
+    ``sums`` are files already fsynced and hashed by their writer (``{path: sha256}``), listed with
+    ``files``. ``transient`` files are checked only while ``released_by`` (a path relative to the run
+    dir) does not exist (see the module docstring)."""
     run_dir = Path(run_dir)
 
     def sums_of(paths: list[str]) -> dict[str, str]:
@@ -151,7 +153,14 @@ def record(
         return out
 
     (run_dir / MANIFEST).mkdir(parents=True, exist_ok=True)
-    entry: dict[str, Any] = {"unit": name, "files": sums_of(files), "time": time.time(), **(extra or {})}
+    known = dict(sums or {})
+    done = sums_of([f for f in files if f not in known]) | known
+    entry: dict[str, Any] = {
+        "unit": name,
+        "files": dict(sorted(done.items())),
+        "time": time.time(),
+        **(extra or {}),
+    }
     if transient:
         if released_by is None:
             raise ValueError("transient files need released_by")

@@ -152,6 +152,7 @@ class StoreWriter:
         self.dtype = str(self.attrs["wxens_dtype"])
         self.keepbits = self.attrs.get("wxens_keepbits")
         self.variables = list(self.attrs["wxens_variables"])
+        self._arrays = {v: group[v] for v in self.variables}  # opened once, not per lead
 
     def positions(self, members: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Kept members among ``members`` (boolean mask) and their store indices."""
@@ -169,18 +170,26 @@ class StoreWriter:
         return runs
 
     def write_lead(
-        self, init: int, lead: int, members: np.ndarray, state: torch.Tensor, channels: list[str]
+        self,
+        init: int,
+        lead: int,
+        members: np.ndarray,
+        state: torch.Tensor,
+        channels: list[str],
+        variables: list[str] | None = None,
     ) -> list[str]:
-        """Write one lead of a block ``state`` ``(B, C, lat, lon)``; returns relative chunk paths."""
+        """Write one lead of a block ``state`` ``(B, C, lat, lon)`` (all stored variables, or
+        ``variables``); returns relative chunk paths. Different variables may be written from
+        different threads at once."""
         keep, idx = self.positions(members)
         if not keep.any():
             return []
         sel = state[torch.from_numpy(np.flatnonzero(keep))]
         files: list[str] = []
         with zarr.config.set({"array.write_empty_chunks": True}):
-            for v in self.variables:
+            for v in self.variables if variables is None else variables:
                 data = encode(sel[:, channels.index(v)], self.dtype, self.keepbits)
-                arr = self.group[v]
+                arr = self._arrays[v]
                 for a, b, off in self._runs(idx):
                     arr[init, a:b, lead] = data[off : off + (b - a)]
                 for cn in sorted({int(i) // self.chunk_members for i in idx}):

@@ -332,6 +332,28 @@ def test_accumulator_merge_equals_one_shot(rng: np.random.Generator, backend: st
     np.testing.assert_array_equal(tonp(acc.n_equal), tonp(full.n_equal))
 
 
+def test_accumulator_finite_fast_path_equals_general_path(rng: np.random.Generator) -> None:
+    """The inline scorer's case (NumPy, no NaN, no thresholds, unsorted) takes a members-first fast
+    path: every statistic equals the general (torch, members-last) path; with a NaN it falls back."""
+    f = rng.normal(size=(9, 3, 5, 7)) * 100 + 5000
+    y = (rng.normal(size=(3, 5, 7)) * 100 + 5000).astype(np.float32).astype(np.float64)
+    f[2, 0, 1, 1] = y[0, 1, 1]  # a tie for the rank counts
+    for axis in (0, 2):
+        fa = np.moveaxis(f, 0, axis).astype(np.float32)
+        fast = M.EnsembleAccumulator.from_members(fa, y, member_axis=axis, keep_sorted=False)
+        ref = M.EnsembleAccumulator.from_members(torch.from_numpy(fa), torch.from_numpy(y), member_axis=axis)
+        for k in ("count", "mean", "m2", "abs_err_sum", "min_abs_err", "n_less", "n_equal"):
+            got, want = getattr(fast, k), getattr(ref, k).numpy()
+            assert isinstance(got, np.ndarray) and got.dtype == np.float64 and got.shape == want.shape
+            np.testing.assert_allclose(got, want, rtol=1e-12, err_msg=k)
+        assert fast.n_equal[0, 1, 1] == 1 and fast.sorted_members is None
+    fn = f.copy()
+    fn[0, 0, 0, 0] = np.nan
+    acc = M.EnsembleAccumulator.from_members(fn, y, keep_sorted=False)
+    assert acc.count[0, 0, 0] == 8 and acc.count[1, 0, 0] == 9
+    np.testing.assert_allclose(acc.mean[0, 0, 0], np.nanmean(fn[:, 0, 0, 0]), rtol=1e-12)
+
+
 def test_accumulator_rank_histogram(rng: np.random.Generator) -> None:
     f = rng.normal(size=(6, 500))
     y = rng.normal(size=500)

@@ -395,3 +395,45 @@ def test_finalize_removes_temporary_chunk_files_of_killed_writers(world, tmp_pat
     assert run_forecast(cfg, run_dir, shard=(1, 2))["complete"]
     assert not orphan.exists()
     assert not list(run_dir.rglob("*.partial"))
+
+
+@pytest.mark.parametrize("threads", [0, 3])
+def test_output_threads_give_the_same_store_and_manifest(world, reference_run, tmp_path, threads):
+    """Writing leads on worker threads (or synchronously, io_threads 0) leaves the store, the scores
+    and the manifest checksums of the reference run (io_threads auto), and is not part of the identity."""
+    from pipeline.manifest import read_entry
+
+    cfg = dict(reference_run["config"], io_threads=threads)
+    run_dir = tmp_path / f"threads-{threads}"
+    assert run_forecast(cfg, run_dir)["complete"]
+    mine_d, ref_d = digest(run_dir), dict(reference_run["digest"])
+    mine_d.pop("attrs"), ref_d.pop("attrs")  # the stored config records io_threads
+    assert mine_d == ref_d
+    assert open_forecast(run_dir).attrs["wxens_config"]["io_threads"] == threads
+    for u in json.loads((run_dir / "units.json").read_text()):
+        mine, ref = read_entry(run_dir, u), read_entry(reference_run["run_dir"], u)
+        assert mine["files"] == ref["files"] and len(mine["files"]) > 4
+    # a rerun with another thread count resumes the same run (nothing to compute)
+    again = run_forecast(dict(cfg, io_threads=1), run_dir)
+    assert again["complete"] and again["units_computed"] == 0
+
+
+def test_writer_thread_error_fails_the_unit_unrecorded(world, tmp_path, monkeypatch):
+    """An error on a writer thread reaches the caller and the unit gets no manifest entry."""
+    from pipeline.store import StoreWriter
+
+    real = StoreWriter.write_lead
+
+    def broken(self, init, lead, *a, **k):
+        if lead == 2:
+            raise OSError("disk full (simulated)")
+        return real(self, init, lead, *a, **k)
+
+    monkeypatch.setattr(StoreWriter, "write_lead", broken)
+    cfg = base_config(world, init_times=["2008-01-02T00"], checkpoints=world["checkpoints"][:1], io_threads=2)
+    run_dir = tmp_path / "broken"
+    with pytest.raises(OSError, match="disk full"):
+        run_forecast(cfg, run_dir)
+    assert not list((run_dir / "manifest").glob("*.json"))
+    monkeypatch.setattr(StoreWriter, "write_lead", real)
+    assert run_forecast(cfg, run_dir)["complete"]  # the rerun computes the unit
