@@ -463,6 +463,16 @@ class _Truth:
             self.init = init
         return self.block.get
 
+    def at_time(self, time: np.datetime64) -> np.ndarray | None:
+        """``truth_at(time)``, from the block of the init read last when it holds ``time`` (the
+        inline finalisation right after an init's last unit reads every lead again)."""
+        if self.init is not None and self.block:
+            dt = np.asarray(time).astype("datetime64[ns]") - np.asarray(self.init).astype("datetime64[ns]")
+            k = dt / np.asarray(self.plan.step).astype("timedelta64[ns]")
+            if float(k).is_integer() and int(k) in self.block:
+                return self.block[int(k)]
+        return truth_at(self.ds, self.plan, time)
+
 
 def _truth_lead(ds: xr.Dataset, plan: Plan, init: np.datetime64, lead: int) -> np.ndarray | None:
     return truth_at(ds, plan, init + lead * plan.step)
@@ -642,7 +652,7 @@ def run_forecast(
                     cfg.inline,
                     plan,
                     unit.init,
-                    functools.partial(truth_at, ds, plan),
+                    truth.at_time,
                     keep=cfg.output.keep,
                     wait=False,
                 )
