@@ -355,6 +355,30 @@ def _point_uniforms(
     return (h >> np.uint64(11)).astype(np.float64) / float(2**53)
 
 
+def _complete_block_terms(
+    f: np.ndarray, y: np.ndarray, fair: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """CRPS skill and spread, ensemble-mean error, variance and rank counts of members-last ``f``
+    without NaN (``m >= 2``), all from one sort and one float64 array ``d = sorted(x) - y``: skill
+    ``mean|d|``, pair sum ``d @ (2i - m - 1)`` (see :func:`evaluation.metrics.crps_components`), mean error
+    ``mean(d)``, variance of ``d`` (two-pass), ``#(d < 0)`` and ``#(d == 0)`` (exact: ``x - y < 0``
+    exactly when ``x < y`` in IEEE arithmetic). One pass over the members per statistic instead of
+    separate passes over ``f`` for the CRPS, the moments and each rank count (docs/benchmarks.md)."""
+    m = f.shape[-1]
+    d = np.sort(f, axis=-1).astype(np.float64)
+    d -= y[..., None]
+    coef = 2.0 * (np.arange(m, dtype=np.float64) + 1.0) - m - 1.0
+    pair = d @ coef
+    skill = np.abs(d).sum(axis=-1) / m
+    spread = 2.0 * pair / (m * (m - 1.0) if fair else float(m * m))
+    mean_d = d.sum(axis=-1) / m
+    less = np.count_nonzero(d < 0.0, axis=-1)
+    eq = np.count_nonzero(d == 0.0, axis=-1)
+    d -= mean_d[..., None]
+    var = np.einsum("...i,...i->...", d, d) / (m - 1)
+    return skill, spread, mean_d, var, less, eq
+
+
 def _block_stats(
     fc: np.ndarray,
     obs: np.ndarray,
@@ -388,27 +412,26 @@ def _block_stats(
     out = np.zeros((t, nl, 1, r, _n_stats(m, n_th)), dtype=np.float64)
 
     use_fair = fair and m > 1
-    skill, spread = metrics.crps_components(f, y, member_axis=-1, fair=use_fair)
-    crps = skill - 0.5 * spread
     finite = bool(np.isfinite(f).all())
-    if m == 1:
-        xbar, var = f[..., 0].astype(np.float64), np.zeros_like(y)
-    elif finite:  # no NaN to skip: plain float64 moments
-        xbar = f.mean(axis=-1, dtype=np.float64)
-        dev = f - xbar[..., None]  # float64
-        var = np.einsum("...i,...i->...", dev, dev) / (m - 1)
+    if finite and m > 1:
+        skill, spread, err, var, less, eq = _complete_block_terms(f, y, use_fair)
     else:
-        xbar = np.nanmean(f.astype(np.float64), axis=-1)
-        var = np.nanvar(f.astype(np.float64), axis=-1, ddof=1)
-    err = xbar - y
+        skill, spread = metrics.crps_components(f, y, member_axis=-1, fair=use_fair)
+        if m == 1:
+            xbar, var = f[..., 0].astype(np.float64), np.zeros_like(y)
+        else:
+            xbar = np.nanmean(f.astype(np.float64), axis=-1)
+            var = np.nanvar(f.astype(np.float64), axis=-1, ddof=1)
+        err = xbar - y
+        # comparisons of the store's values with float64 observations are exact
+        less = np.count_nonzero(f < y[..., None], axis=-1)
+        eq = np.count_nonzero(f == y[..., None], axis=-1)
+    crps = skill - 0.5 * spread
     valid = np.isfinite(crps) & np.isfinite(err) & np.isfinite(var)
     full = valid if finite else valid & np.all(np.isfinite(f), axis=-1)
 
     # random tie-breaking (Hamill 2001): a uniform per point from a counter-based hash of
     # (seed, init, lead, grid point), so the ranks do not depend on the chunking or the scheduler
-    # (comparisons of the store's values with float64 observations are exact)
-    less = np.count_nonzero(f < y[..., None], axis=-1)
-    eq = np.count_nonzero(f == y[..., None], axis=-1)
     u = _point_uniforms(seed, init_ns, lead_ns, lat_index, nx)
     rank = (less + np.floor(u * (eq + 1))).astype(np.int64)
 
