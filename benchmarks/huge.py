@@ -116,7 +116,9 @@ class _RssSampler:
         return round(self.peaks[key] / 2**20, 1) if key in self.peaks else None
 
 
-def worker(members: int, steps: int, batch: int, threads: int, workdir: Path) -> dict[str, Any]:
+def worker(
+    members: int, steps: int, batch: int, threads: int, workdir: Path, device: str = "cpu"
+) -> dict[str, Any]:
     """One huge-ensemble run in this process; returns time, peak RSS and disk use."""
     import torch
 
@@ -138,7 +140,7 @@ def worker(members: int, steps: int, batch: int, threads: int, workdir: Path) ->
         "perturbation": {"method": "bred", "n_pairs": per // 2, "alpha": 0.35, "cycles": 3},
         "lead_steps": steps,
         "batch_size": min(batch, per),
-        "device": "cpu",
+        "device": device,
         "seed": 0,
         "progress": False,
         "inline": {"enabled": True, "crps": True, "spectra": True},
@@ -164,6 +166,7 @@ def worker(members: int, steps: int, batch: int, threads: int, workdir: Path) ->
         "steps": steps,
         "batch": summary["block"],
         "threads": threads,
+        "device": device,
         "wall_s": wall,
         "rollout_s": summary["seconds"],
         "member_steps": members * steps,
@@ -190,7 +193,9 @@ def worker(members: int, steps: int, batch: int, threads: int, workdir: Path) ->
     return out
 
 
-def _spawn(members: int, steps: int, batch: int, threads: int, workdir: Path) -> dict[str, Any]:
+def _spawn(
+    members: int, steps: int, batch: int, threads: int, workdir: Path, device: str = "cpu"
+) -> dict[str, Any]:
     cmd = [
         sys.executable,
         "-m",
@@ -205,6 +210,8 @@ def _spawn(members: int, steps: int, batch: int, threads: int, workdir: Path) ->
         str(threads),
         "--workdir",
         str(workdir),
+        "--device",
+        device,
     ]
     log.info("huge ensemble: %d members (%s)", members, " ".join(cmd[2:]))
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
@@ -221,10 +228,11 @@ def run(ctx: Context, members: list[int] | None = None, warmup: bool = True) -> 
     steps = 4 if ctx.quick else 40
     batch = 8 if ctx.quick else 32
     work = ctx.workdir / "huge"
-    warm = _spawn(members[0], steps, batch, ctx.threads, work) if warmup else None
+    dev = ctx.device.type
+    warm = _spawn(members[0], steps, batch, ctx.threads, work, dev) if warmup else None
     rows = []
     for m in members:
-        rows.append(_spawn(m, steps, batch, ctx.threads, work))
+        rows.append(_spawn(m, steps, batch, ctx.threads, work, dev))
         log.info(
             "huge %d: %.1f s, %.1f member-steps/s, peak RSS %.0f MiB",
             m,
@@ -351,10 +359,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--workdir", type=Path, required=True)
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     a.workdir.mkdir(parents=True, exist_ok=True)
-    res = worker(a.members, a.steps, a.batch, a.threads, a.workdir)
+    res = worker(a.members, a.steps, a.batch, a.threads, a.workdir, a.device)
     sys.stdout.write(json.dumps(res) + "\n")
     return 0
 
