@@ -36,7 +36,8 @@ class PerturbationConfig(_Strict):
     ``{channel: factor}`` sets the factor per channel (channels not named are not forced), since
     channels lose spread at different rates in a model. ``stochastic_ramp_hours`` > 0 lets the forcing
     grow linearly from nothing at the init to full strength at that lead (error grows faster than a
-    random walk at first; constant forcing over-spreads the first day).
+    random walk at first; constant forcing over-spreads the first day); a mapping ``{channel: hours}``
+    ramps channels differently (channels not named: no ramp).
     """
 
     method: Literal["bred", "spherical", "gaussian", "none"] = "bred"
@@ -50,7 +51,7 @@ class PerturbationConfig(_Strict):
     nonnegative: list[str] = Field(default_factory=list)
     stochastic: Annotated[float, Field(ge=0)] | dict[str, Annotated[float, Field(ge=0)]] = 0.0
     stochastic_length_km: float = Field(1000.0, gt=0)
-    stochastic_ramp_hours: float = Field(0.0, ge=0)
+    stochastic_ramp_hours: Annotated[float, Field(ge=0)] | dict[str, Annotated[float, Field(ge=0)]] = 0.0
 
 
 class OutputConfig(_Strict):

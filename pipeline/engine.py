@@ -380,9 +380,18 @@ def make_forcing(cfg: ForecastConfig, plan: Plan, model: Any) -> StochasticForci
         [f * float(rmse[c]) for f, c in zip(factors, plan.channels, strict=True)], dtype=torch.float64
     )
     step_hours = model.time_step.total_seconds() / 3600.0
-    return StochasticForcing(
-        amp, plan.latitude, plan.longitude, p.stochastic_length_km, p.stochastic_ramp_hours / step_hours
-    )
+    ramp: float | list[float]
+    if isinstance(p.stochastic_ramp_hours, dict):
+        unknown = sorted(set(p.stochastic_ramp_hours) - set(plan.channels))
+        if unknown:
+            raise UserError(
+                "perturbation.stochastic_ramp_hours names channel(s) the model does not have: "
+                + ", ".join(unknown)
+            )
+        ramp = [float(p.stochastic_ramp_hours.get(c, 0.0)) / step_hours for c in plan.channels]
+    else:
+        ramp = float(p.stochastic_ramp_hours) / step_hours
+    return StochasticForcing(amp, plan.latitude, plan.longitude, p.stochastic_length_km, ramp)
 
 
 def _nonneg(cfg: ForecastConfig, plan: Plan) -> torch.Tensor | None:

@@ -62,7 +62,8 @@ def labels(n_ckpt: int) -> dict[str, str]:
 
 
 def parse_stochastic(text: str) -> float | dict[str, float]:
-    """``"2"`` -> 2.0; ``"z500=2,u500=2.5"`` -> ``{"z500": 2.0, "u500": 2.5}`` (factors >= 0)."""
+    """``"2"`` -> 2.0; ``"z500=2,u500=2.5"`` -> ``{"z500": 2.0, "u500": 2.5}`` (values >= 0; also the
+    per-channel ramp hours of ``--stochastic-ramp``)."""
     try:
         if "=" not in text:
             factor = float(text)
@@ -93,7 +94,7 @@ def experiment_configs(
     alpha: float = 0.35,
     cycles: int = 3,
     stochastic: float | dict[str, float] = 0.0,
-    stochastic_ramp_hours: float = 0.0,
+    stochastic_ramp_hours: float | dict[str, float] = 0.0,
 ) -> dict[str, dict[str, Any]]:
     """The four forecast configs (a)-(d); ``alpha`` (amplitude / 48 h RMSE), breeding ``cycles`` and
     the stochastic forcing (RMS / 6 h RMSE per step) of (a), (b) and (d); (c) stays unperturbed."""
@@ -507,10 +508,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument(
         "--stochastic-ramp",
-        type=float,
+        type=parse_stochastic,
         default=0.0,
         metavar="HOURS",
-        help="lead over which the forcing grows linearly to full strength (0: full from the first step)",
+        help="lead over which the forcing grows linearly to full strength (0: full from the first step); "
+        "one value, or per channel as u500=24,v500=24 (channels not named: no ramp)",
     )
     ap.add_argument("--checkpoints", default=None, help="folder of checkpoints (default: shipped)")
     ap.add_argument("--analysis", default="builtin:sphere-swe")

@@ -50,11 +50,16 @@ class StochasticForcing:
         latitude: np.ndarray,
         longitude: np.ndarray,
         length_scale_km: float,
-        ramp_steps: float = 0.0,
+        ramp_steps: float | Sequence[float] = 0.0,
     ) -> None:
         from pipeline.perturbations.sphere import SphericalRandomField
 
-        self.ramp_steps = float(ramp_steps)
+        # one ramp for all channels (a float) or one per channel
+        self.ramp_steps: float | np.ndarray = (
+            float(ramp_steps)
+            if isinstance(ramp_steps, int | float)
+            else np.asarray(ramp_steps, dtype=np.float64)
+        )
 
         self.field = SphericalRandomField(latitude, longitude, length_scale_km)
         self.nchan = int(amplitude.numel())
@@ -62,9 +67,14 @@ class StochasticForcing:
         self.norm = float(self.field.unit_rms())
         self.amplitude = amplitude.double().view(-1, 1, 1) / self.norm
 
-    def ramp(self, lead: int) -> float:
-        """Strength at lead step ``lead`` (>= 1): ``min(1, lead / ramp_steps)``, or 1 without a ramp."""
-        return 1.0 if self.ramp_steps <= 0 else min(1.0, lead / self.ramp_steps)
+    def ramp(self, lead: int) -> float | torch.Tensor:
+        """Strength at lead step ``lead`` (>= 1): ``min(1, lead / ramp_steps)``, or 1 without a ramp;
+        per-channel ramps give a ``(C, 1, 1)`` float32 tensor."""
+        if isinstance(self.ramp_steps, float):
+            return 1.0 if self.ramp_steps <= 0 else min(1.0, lead / self.ramp_steps)
+        r = self.ramp_steps
+        s = np.where(r > 0, np.minimum(1.0, lead / np.where(r > 0, r, 1.0)), 1.0)
+        return torch.as_tensor(s, dtype=torch.float32).view(-1, 1, 1)
 
     def draw(self, generators: Sequence[torch.Generator]) -> torch.Tensor:
         out = [self.field.sample(self.nchan, g) * self.amplitude for g in generators]
@@ -136,7 +146,10 @@ def run_unit(
             if lead > 0:
                 x = model.step(x, init_time + (lead - 1) * step).float()  # type: ignore[attr-defined]
                 if forcing is not None and fgens is not None:
-                    x = x + forcing.draw(fgens).to(x.device) * forcing.ramp(lead)
+                    ramp = forcing.ramp(lead)
+                    if isinstance(ramp, torch.Tensor):
+                        ramp = ramp.to(x.device)
+                    x = x + forcing.draw(fgens).to(x.device) * ramp
                 if on_step is not None:
                     on_step(x.shape[0])
             bad = ~torch.isfinite(x).flatten(1).all(dim=1)

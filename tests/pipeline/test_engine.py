@@ -341,12 +341,13 @@ def test_stochastic_forcing_per_channel(world):
     """``stochastic: {channel: factor}`` forces only the named channels, each with its own factor: after
     the first step an unperturbed member differs from the control in z500 only, by exactly what the
     same factor for every channel gives z500, twice what half the factor gives, and four times what a
-    24-hour ramp gives (6 h steps); a channel the model lacks is a one-line error."""
+    24-hour ramp gives (6 h steps); per-channel ramps scale each channel by its own ramp; a channel the
+    model lacks is a one-line error."""
     kw = dict(checkpoints=world["checkpoints"][:1], init_times=["2008-01-02T00"], lead_steps=1,
               inline={"enabled": False})  # fmt: skip
     out = {}
     runs = (("ch", {"z500": 2.0}, 0.0), ("half", {"z500": 1.0}, 0.0), ("all", 2.0, 0.0), ("none", 0.0, 0.0),
-            ("ramp", {"z500": 2.0}, 24.0))  # fmt: skip
+            ("ramp", {"z500": 2.0}, 24.0), ("pramp", 2.0, {"z500": 24.0, "vo500": 12.0}))  # fmt: skip
     for name, st, ramp in runs:
         pert = {"method": "none", "stochastic": st, "stochastic_ramp_hours": ramp}
         run_forecast(base_config(world, perturbation=pert, **kw), world["root"] / f"stoch-{name}")
@@ -365,9 +366,22 @@ def test_stochastic_forcing_per_channel(world):
     np.testing.assert_allclose(
         4 * (out["ramp"]["z500"] - out["none"]["z500"]).values, d, rtol=1e-4, atol=4e-2
     )
+    # per-channel ramps: a quarter (24 h), a half (12 h) and all (not named) of the same draws
+    for c, frac in (("z500", 0.25), ("vo500", 0.5), ("u500", 1.0)):
+        np.testing.assert_allclose(
+            (out["pramp"][c] - out["none"][c]).values,
+            frac * (out["all"][c] - out["none"][c]).values,
+            rtol=1e-4,
+            atol=float(4e-5 * np.abs(out["none"][c]).max()),
+        )
     bad = base_config(world, perturbation={"method": "none", "stochastic": {"t850": 1.0}}, **kw)
     with pytest.raises(UserError, match="t850"):
         run_forecast(bad, world["root"] / "stoch-bad")
+    bad = base_config(
+        world, perturbation={"method": "none", "stochastic": 1.0, "stochastic_ramp_hours": {"t2m": 6}}, **kw
+    )
+    with pytest.raises(UserError, match="stochastic_ramp_hours.*t2m"):
+        run_forecast(bad, world["root"] / "stoch-bad-ramp")
 
 
 def test_finalize_removes_temporary_chunk_files_of_killed_writers(world, tmp_path):
