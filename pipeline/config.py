@@ -37,7 +37,9 @@ class PerturbationConfig(_Strict):
     channels lose spread at different rates in a model. ``stochastic_ramp_hours`` > 0 lets the forcing
     grow linearly from nothing at the init to full strength at that lead (error grows faster than a
     random walk at first; constant forcing over-spreads the first day); a mapping ``{channel: hours}``
-    ramps channels differently (channels not named: no ramp).
+    ramps channels differently (channels not named: no ramp). ``stochastic_schedule`` instead gives the
+    strength as a piecewise-linear function of lead, ``[[hours, strength], ...]`` (constant before the
+    first and after the last point), e.g. ``[[0, 1], [120, 1], [240, 0.5]]`` to taper it off.
     """
 
     method: Literal["bred", "spherical", "gaussian", "none"] = "bred"
@@ -52,6 +54,22 @@ class PerturbationConfig(_Strict):
     stochastic: Annotated[float, Field(ge=0)] | dict[str, Annotated[float, Field(ge=0)]] = 0.0
     stochastic_length_km: float = Field(1000.0, gt=0)
     stochastic_ramp_hours: Annotated[float, Field(ge=0)] | dict[str, Annotated[float, Field(ge=0)]] = 0.0
+    stochastic_schedule: list[tuple[float, float]] | None = None
+
+    @model_validator(mode="after")
+    def _schedule(self) -> PerturbationConfig:
+        sch = self.stochastic_schedule
+        if sch is None:
+            return self
+        hours = [h for h, _ in sch]
+        if not sch or hours[0] < 0 or any(b <= a for a, b in zip(hours, hours[1:], strict=False)):
+            raise ValueError("stochastic_schedule needs [hours, strength] points with increasing hours >= 0")
+        if any(not v >= 0 for _, v in sch):
+            raise ValueError("stochastic_schedule strengths must be >= 0")
+        ramp = self.stochastic_ramp_hours
+        if (max(ramp.values(), default=0.0) if isinstance(ramp, dict) else ramp) > 0:
+            raise ValueError("give either stochastic_ramp_hours or stochastic_schedule, not both")
+        return self
 
 
 class OutputConfig(_Strict):
@@ -148,6 +166,8 @@ class ForecastConfig(_Strict):
         d.pop("progress", None)
         d.pop("device", None)
         d.pop("io_threads", None)
+        if d["perturbation"].get("stochastic_schedule") is None:  # added later: old runs keep their identity
+            d["perturbation"].pop("stochastic_schedule", None)
         return d
 
     def identity_hash(self) -> str:

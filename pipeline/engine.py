@@ -391,7 +391,13 @@ def make_forcing(cfg: ForecastConfig, plan: Plan, model: Any) -> StochasticForci
         ramp = [float(p.stochastic_ramp_hours.get(c, 0.0)) / step_hours for c in plan.channels]
     else:
         ramp = float(p.stochastic_ramp_hours) / step_hours
-    return StochasticForcing(amp, plan.latitude, plan.longitude, p.stochastic_length_km, ramp)
+    schedule = None
+    if p.stochastic_schedule is not None:
+        schedule = (
+            np.array([h for h, _ in p.stochastic_schedule], dtype=np.float64) / step_hours,
+            np.array([v for _, v in p.stochastic_schedule], dtype=np.float64),
+        )
+    return StochasticForcing(amp, plan.latitude, plan.longitude, p.stochastic_length_km, ramp, schedule)
 
 
 def _nonneg(cfg: ForecastConfig, plan: Plan) -> torch.Tensor | None:

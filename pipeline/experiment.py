@@ -84,6 +84,19 @@ def parse_stochastic(text: str) -> float | dict[str, float]:
     return value
 
 
+def parse_schedule(text: str) -> list[tuple[float, float]]:
+    """``"0:1,120:1,240:0.5"`` -> ``[(0, 1), (120, 1), (240, 0.5)]`` (hours:strength points)."""
+    try:
+        pts = [tuple(float(v) for v in item.split(":")) for item in text.split(",")]
+        if not pts or any(len(p) != 2 for p in pts):
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"'{text}' is not hours:strength points such as 0:1,120:1,240:0.5"
+        ) from None
+    return [(p[0], p[1]) for p in pts]
+
+
 def experiment_configs(
     checkpoints: list[str],
     inits: list[str],
@@ -95,9 +108,11 @@ def experiment_configs(
     cycles: int = 3,
     stochastic: float | dict[str, float] = 0.0,
     stochastic_ramp_hours: float | dict[str, float] = 0.0,
+    stochastic_schedule: list[tuple[float, float]] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """The four forecast configs (a)-(d); ``alpha`` (amplitude / 48 h RMSE), breeding ``cycles`` and
     the stochastic forcing (RMS / 6 h RMSE per step) of (a), (b) and (d); (c) stays unperturbed."""
+    sched = {"stochastic_schedule": stochastic_schedule} if stochastic_schedule is not None else {}
     base = {
         "analysis": analysis,
         "init_times": inits,
@@ -121,6 +136,7 @@ def experiment_configs(
                 "cycles": cycles,
                 "stochastic": stochastic,
                 "stochastic_ramp_hours": stochastic_ramp_hours,
+                **sched,
             },
         },
         "b_bred_x_1ckpt": {
@@ -133,6 +149,7 @@ def experiment_configs(
                 "cycles": cycles,
                 "stochastic": stochastic,
                 "stochastic_ramp_hours": stochastic_ramp_hours,
+                **sched,
             },
         },
         "c_ckpts_only": {**base, "checkpoints": checkpoints, "perturbation": {"method": "none"}},
@@ -145,6 +162,7 @@ def experiment_configs(
                 "alpha": alpha,
                 "stochastic": stochastic,
                 "stochastic_ramp_hours": stochastic_ramp_hours,
+                **sched,
             },
         },
     }
@@ -514,6 +532,13 @@ def main(argv: list[str] | None = None) -> int:
         help="lead over which the forcing grows linearly to full strength (0: full from the first step); "
         "one value, or per channel as u500=24,v500=24 (channels not named: no ramp)",
     )
+    ap.add_argument(
+        "--stochastic-schedule",
+        type=parse_schedule,
+        default=None,
+        metavar="H:S,...",
+        help="forcing strength vs lead as hours:strength points, e.g. 0:1,120:1,240:0.5 (instead of a ramp)",
+    )
     ap.add_argument("--checkpoints", default=None, help="folder of checkpoints (default: shipped)")
     ap.add_argument("--analysis", default="builtin:sphere-swe")
     ap.add_argument("--loader", default="models.checkpoint:load_checkpoint")
@@ -556,6 +581,7 @@ def main(argv: list[str] | None = None) -> int:
         cycles=args.cycles,
         stochastic=args.stochastic,
         stochastic_ramp_hours=args.stochastic_ramp,
+        stochastic_schedule=args.stochastic_schedule,
     )
     scores: dict[str, dict[str, Any]] = {}
     for name, cfg in cfgs.items():

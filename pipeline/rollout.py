@@ -51,9 +51,12 @@ class StochasticForcing:
         longitude: np.ndarray,
         length_scale_km: float,
         ramp_steps: float | Sequence[float] = 0.0,
+        schedule: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> None:
         from pipeline.perturbations.sphere import SphericalRandomField
 
+        # (lead steps, strengths) of a piecewise-linear schedule, else a ramp
+        self.schedule = schedule
         # one ramp for all channels (a float) or one per channel
         self.ramp_steps: float | np.ndarray = (
             float(ramp_steps)
@@ -69,7 +72,9 @@ class StochasticForcing:
 
     def ramp(self, lead: int) -> float | torch.Tensor:
         """Strength at lead step ``lead`` (>= 1): ``min(1, lead / ramp_steps)``, or 1 without a ramp;
-        per-channel ramps give a ``(C, 1, 1)`` float32 tensor."""
+        per-channel ramps give a ``(C, 1, 1)`` float32 tensor; a schedule its value at ``lead``."""
+        if self.schedule is not None:
+            return float(np.interp(lead, self.schedule[0], self.schedule[1]))
         if isinstance(self.ramp_steps, float):
             return 1.0 if self.ramp_steps <= 0 else min(1.0, lead / self.ramp_steps)
         r = self.ramp_steps

@@ -347,9 +347,11 @@ def test_stochastic_forcing_per_channel(world):
               inline={"enabled": False})  # fmt: skip
     out = {}
     runs = (("ch", {"z500": 2.0}, 0.0), ("half", {"z500": 1.0}, 0.0), ("all", 2.0, 0.0), ("none", 0.0, 0.0),
-            ("ramp", {"z500": 2.0}, 24.0), ("pramp", 2.0, {"z500": 24.0, "vo500": 12.0}))  # fmt: skip
+            ("ramp", {"z500": 2.0}, 24.0), ("pramp", 2.0, {"z500": 24.0, "vo500": 12.0}),
+            ("sched", 2.0, [[0.0, 0.3], [12.0, 0.3], [24.0, 1.0]]))  # fmt: skip
     for name, st, ramp in runs:
-        pert = {"method": "none", "stochastic": st, "stochastic_ramp_hours": ramp}
+        key = "stochastic_schedule" if isinstance(ramp, list) else "stochastic_ramp_hours"
+        pert = {"method": "none", "stochastic": st, key: ramp}
         run_forecast(base_config(world, perturbation=pert, **kw), world["root"] / f"stoch-{name}")
         out[name] = open_forecast(world["root"] / f"stoch-{name}").isel(
             time=0, number=0, prediction_timedelta=1
@@ -367,9 +369,11 @@ def test_stochastic_forcing_per_channel(world):
         4 * (out["ramp"]["z500"] - out["none"]["z500"]).values, d, rtol=1e-4, atol=4e-2
     )
     # per-channel ramps: a quarter (24 h), a half (12 h) and all (not named) of the same draws
-    for c, frac in (("z500", 0.25), ("vo500", 0.5), ("u500", 1.0)):
+    # and a schedule: 0.3 of the same draws at the first (6 h) step
+    for run, c, frac in (("pramp", "z500", 0.25), ("pramp", "vo500", 0.5), ("pramp", "u500", 1.0),
+                         ("sched", "z500", 0.3), ("sched", "v500", 0.3)):  # fmt: skip
         np.testing.assert_allclose(
-            (out["pramp"][c] - out["none"][c]).values,
+            (out[run][c] - out["none"][c]).values,
             frac * (out["all"][c] - out["none"][c]).values,
             rtol=1e-4,
             atol=float(4e-5 * np.abs(out["none"][c]).max()),

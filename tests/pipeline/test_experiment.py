@@ -217,3 +217,43 @@ def test_stochastic_argument_per_channel():
     for bad in ("x", "z500=", "=2", "z500=2,u500", "-1", "z500=-0.5"):
         with pytest.raises(argparse.ArgumentTypeError):
             parse_stochastic(bad)
+
+
+def test_stochastic_schedule_parsing_validation_and_identity(world):
+    """``--stochastic-schedule`` parses hours:strength points; the config refuses decreasing hours,
+    negative strengths and a schedule together with a ramp (one line each); the forcing follows the
+    piecewise-linear schedule in lead steps, constant outside it; a config without a schedule keeps the
+    identity it had before the field existed."""
+    import argparse
+
+    import torch
+
+    from data_catalog.errors import UserError
+    from pipeline.config import load_config
+    from pipeline.experiment import parse_schedule
+    from pipeline.rollout import StochasticForcing
+    from tests.pipeline.conftest import base_config
+
+    assert parse_schedule("0:1, 120:1,240:0.5") == [(0.0, 1.0), (120.0, 1.0), (240.0, 0.5)]
+    for bad in ("0:1,120", "a:b", "1;2"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_schedule(bad)
+    cfg = base_config(world)
+    for sched, ramp, msg in (([[24, 1], [12, 0.5]], 0.0, "increasing"), ([[0, -1]], 0.0, ">= 0"),
+                             ([[0, 1]], 24.0, "not both")):  # fmt: skip
+        pert = dict(
+            cfg["perturbation"], stochastic=1.0, stochastic_schedule=sched, stochastic_ramp_hours=ramp
+        )
+        with pytest.raises(UserError, match=msg):
+            load_config(dict(cfg, perturbation=pert))
+    plain = load_config(cfg)
+    assert "stochastic_schedule" not in plain.identity()["perturbation"]
+    sched = load_config(
+        dict(cfg, perturbation=dict(cfg["perturbation"], stochastic_schedule=[[0, 1], [240, 0.5]]))
+    )
+    assert sched.identity_hash() != plain.identity_hash()
+    lat, lon = np.linspace(87.2, -87.2, 32), np.arange(64) * 5.625
+    f = StochasticForcing(
+        torch.ones(4), lat, lon, 1000.0, schedule=(np.array([4.0, 20.0, 40.0]), np.array([1.0, 1.0, 0.5]))
+    )
+    assert [f.ramp(k) for k in (1, 4, 20, 30, 40, 60)] == [1.0, 1.0, 1.0, 0.75, 0.5, 0.5]
