@@ -37,8 +37,8 @@ class PerturbationConfig(_Strict):
     channels lose spread at different rates in a model. ``stochastic_ramp_hours`` > 0 lets the forcing
     grow linearly from nothing at the init to full strength at that lead (error grows faster than a
     random walk at first; constant forcing over-spreads the first day); a mapping ``{channel: hours}``
-    ramps channels differently (channels not named: no ramp). ``stochastic_schedule`` instead gives the
-    strength as a piecewise-linear function of lead, ``[[hours, strength], ...]`` (constant before the
+    ramps channels differently (channels not named: no ramp). ``stochastic_schedule`` multiplies the
+    strength by a piecewise-linear function of lead, ``[[hours, strength], ...]`` (constant before the
     first and after the last point), e.g. ``[[0, 1], [120, 1], [240, 0.5]]`` to taper it off.
     """
 
@@ -66,9 +66,6 @@ class PerturbationConfig(_Strict):
             raise ValueError("stochastic_schedule needs [hours, strength] points with increasing hours >= 0")
         if any(not v >= 0 for _, v in sch):
             raise ValueError("stochastic_schedule strengths must be >= 0")
-        ramp = self.stochastic_ramp_hours
-        if (max(ramp.values(), default=0.0) if isinstance(ramp, dict) else ramp) > 0:
-            raise ValueError("give either stochastic_ramp_hours or stochastic_schedule, not both")
         return self
 
 

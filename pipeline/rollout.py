@@ -72,13 +72,13 @@ class StochasticForcing:
 
     def ramp(self, lead: int) -> float | torch.Tensor:
         """Strength at lead step ``lead`` (>= 1): ``min(1, lead / ramp_steps)``, or 1 without a ramp;
-        per-channel ramps give a ``(C, 1, 1)`` float32 tensor; a schedule its value at ``lead``."""
-        if self.schedule is not None:
-            return float(np.interp(lead, self.schedule[0], self.schedule[1]))
+        per-channel ramps give a ``(C, 1, 1)`` float32 tensor; a schedule multiplies by its value at
+        ``lead``."""
+        sched = 1.0 if self.schedule is None else float(np.interp(lead, self.schedule[0], self.schedule[1]))
         if isinstance(self.ramp_steps, float):
-            return 1.0 if self.ramp_steps <= 0 else min(1.0, lead / self.ramp_steps)
+            return sched * (1.0 if self.ramp_steps <= 0 else min(1.0, lead / self.ramp_steps))
         r = self.ramp_steps
-        s = np.where(r > 0, np.minimum(1.0, lead / np.where(r > 0, r, 1.0)), 1.0)
+        s = np.where(r > 0, np.minimum(1.0, lead / np.where(r > 0, r, 1.0)), 1.0) * sched
         return torch.as_tensor(s, dtype=torch.float32).view(-1, 1, 1)
 
     def draw(self, generators: Sequence[torch.Generator]) -> torch.Tensor:

@@ -221,9 +221,9 @@ def test_stochastic_argument_per_channel():
 
 def test_stochastic_schedule_parsing_validation_and_identity(world):
     """``--stochastic-schedule`` parses hours:strength points; the config refuses decreasing hours,
-    negative strengths and a schedule together with a ramp (one line each); the forcing follows the
-    piecewise-linear schedule in lead steps, constant outside it; a config without a schedule keeps the
-    identity it had before the field existed."""
+    negative strengths (one line each); the forcing follows the piecewise-linear schedule in lead steps,
+    constant outside it, times any ramp; a config without a schedule keeps the identity it had before
+    the field existed."""
     import argparse
 
     import torch
@@ -239,11 +239,8 @@ def test_stochastic_schedule_parsing_validation_and_identity(world):
         with pytest.raises(argparse.ArgumentTypeError):
             parse_schedule(bad)
     cfg = base_config(world)
-    for sched, ramp, msg in (([[24, 1], [12, 0.5]], 0.0, "increasing"), ([[0, -1]], 0.0, ">= 0"),
-                             ([[0, 1]], 24.0, "not both")):  # fmt: skip
-        pert = dict(
-            cfg["perturbation"], stochastic=1.0, stochastic_schedule=sched, stochastic_ramp_hours=ramp
-        )
+    for sched, msg in (([[24, 1], [12, 0.5]], "increasing"), ([[0, -1]], ">= 0")):
+        pert = dict(cfg["perturbation"], stochastic=1.0, stochastic_schedule=sched)
         with pytest.raises(UserError, match=msg):
             load_config(dict(cfg, perturbation=pert))
     plain = load_config(cfg)
@@ -257,3 +254,7 @@ def test_stochastic_schedule_parsing_validation_and_identity(world):
         torch.ones(4), lat, lon, 1000.0, schedule=(np.array([4.0, 20.0, 40.0]), np.array([1.0, 1.0, 0.5]))
     )
     assert [f.ramp(k) for k in (1, 4, 20, 30, 40, 60)] == [1.0, 1.0, 1.0, 0.75, 0.5, 0.5]
+    # with per-channel ramps the two multiply
+    g = StochasticForcing(torch.ones(4), lat, lon, 1000.0, [4.0, 0.0, 0.0, 2.0], schedule=f.schedule)
+    np.testing.assert_allclose(g.ramp(1).flatten().numpy(), [0.25, 1.0, 1.0, 0.5])
+    np.testing.assert_allclose(g.ramp(30).flatten().numpy(), [0.75] * 4)
