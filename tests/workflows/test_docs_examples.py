@@ -142,8 +142,9 @@ def test_benchmark_suite_huge_figure_with_repeats(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_pipeline_experiment_small(tmp_path: Path) -> None:
     """docs/engine.md: `python -m pipeline.experiment OUT --inits 20 --leads 40 --pairs 2 --alpha 0.1
-    --stochastic z500=1.5,u500=2.5,v500=2.5,vo500=2`
-    at 1 init, 1 lead, 1 pair (shipped checkpoints, the built-in world; about 20 s once the world is cached)."""
+    --stochastic z500=2.0,u500=3.2,v500=3.2,vo500=2.4 --stochastic-ramp u500=36,v500=36,vo500=36
+    --stochastic-schedule 0:1,72:1,192:0.3` at 1 init, 1 lead, 1 pair (shipped checkpoints, the built-in
+    world; about 20 s once the world is cached)."""
     import torch
 
     from pipeline import experiment
@@ -151,7 +152,8 @@ def test_pipeline_experiment_small(tmp_path: Path) -> None:
     threads = torch.get_num_threads()
     try:
         argv = [str(tmp_path), "--inits", "1", "--leads", "1", "--pairs", "1", "--alpha", "0.1",
-                "--stochastic", "z500=1.5,u500=2.5,v500=2.5,vo500=2"]  # fmt: skip
+                "--stochastic", "z500=2.0,u500=3.2,v500=3.2,vo500=2.4", "--stochastic-ramp", "u500=36,v500=36,vo500=36",
+                "--stochastic-schedule", "0:1,72:1,192:0.3"]  # fmt: skip
         assert experiment.main(argv) == 0
     finally:
         torch.set_num_threads(threads)
