@@ -277,11 +277,17 @@ class Perturbation(_Model):
     stochastic_length_km: float = Field(
         default=1000.0, gt=0, description="Correlation length of the stochastic forcing (km)."
     )
-    stochastic_ramp_hours: float = Field(
+    stochastic_ramp_hours: Annotated[float, Field(ge=0)] | dict[str, Annotated[float, Field(ge=0)]] = Field(
         default=0.0,
-        ge=0,
         description="Lead (hours) over which the stochastic forcing grows linearly from 0 to full "
-        "strength (0 = full from the first step).",
+        "strength (0 = full from the first step); a mapping {channel: hours} ramps channels differently "
+        "(channels not named: no ramp).",
+    )
+    stochastic_schedule: list[tuple[float, float]] | None = Field(
+        default=None,
+        description="Strength of the stochastic forcing vs lead, multiplying any ramp: [[hours, strength], "
+        "...] points, linear between them, constant outside (e.g. [[0, 1], [72, 1], [192, 0.3]] tapers it "
+        "off after 3 days); null = constant.",
     )
 
 

@@ -262,6 +262,8 @@ def forecast_config(
         "stochastic_length_km": p.stochastic_length_km,
         "stochastic_ramp_hours": p.stochastic_ramp_hours,
     }
+    if p.stochastic_schedule is not None:
+        pert["stochastic_schedule"] = [list(pt) for pt in p.stochastic_schedule]
     if p.method != "none":
         pert["n_pairs"] = f.n_pairs()
     amp = dict(p.amplitude) if p.amplitude else (dict(amplitude) if amplitude else None)

@@ -251,3 +251,20 @@ def test_demo_layout() -> None:
     inits = w.forecast.init_times.expand()
     assert all(np.datetime64("2008-01-01") <= t <= np.datetime64("2009-12-31") for t in inits)
     assert set(w.score.baselines) == {"climatology", "persistence", "probabilistic_climatology"}
+
+
+def test_demo_forcing_reaches_the_engine_config() -> None:
+    """The demo's per-channel factors, per-channel ramps and lead-time schedule pass through the
+    workflow schema into an engine config the pipeline accepts, unchanged."""
+    from pipeline.config import load_config
+    from workflows.stages import forecast_config
+
+    w = load_workflow(REPO / "workflows" / "demo.yaml")
+    p = w.forecast.perturbation
+    assert p.stochastic == {"z500": 2.0, "u500": 3.2, "v500": 3.2, "vo500": 2.4}
+    assert p.stochastic_ramp_hours == {"u500": 36, "v500": 36, "vo500": 36}
+    cfg = forecast_config(w, REPO / "runs" / "demo", {"z500": 1.0, "u500": 1.0, "v500": 1.0, "vo500": 1e-6})
+    pert = load_config(cfg).perturbation
+    assert pert.stochastic_schedule == [(0.0, 1.0), (72.0, 1.0), (192.0, 0.3)]
+    assert pert.stochastic_ramp_hours == {"u500": 36.0, "v500": 36.0, "vo500": 36.0}
+    assert err(OK.replace("lead_steps: 4", "lead_steps: 4, perturbation: {stochastic_schedule: [[1, 2, 3]]}"))
