@@ -39,7 +39,8 @@ class PerturbationConfig(_Strict):
     random walk at first; constant forcing over-spreads the first day); a mapping ``{channel: hours}``
     ramps channels differently (channels not named: no ramp). ``stochastic_schedule`` multiplies the
     strength by a piecewise-linear function of lead, ``[[hours, strength], ...]`` (constant before the
-    first and after the last point), e.g. ``[[0, 1], [120, 1], [240, 0.5]]`` to taper it off.
+    first and after the last point), e.g. ``[[0, 1], [120, 1], [240, 0.5]]`` to taper it off; a mapping
+    ``{channel: points}`` gives channels their own schedules (channels not named: constant).
     """
 
     method: Literal["bred", "spherical", "gaussian", "none"] = "bred"
@@ -54,18 +55,21 @@ class PerturbationConfig(_Strict):
     stochastic: Annotated[float, Field(ge=0)] | dict[str, Annotated[float, Field(ge=0)]] = 0.0
     stochastic_length_km: float = Field(1000.0, gt=0)
     stochastic_ramp_hours: Annotated[float, Field(ge=0)] | dict[str, Annotated[float, Field(ge=0)]] = 0.0
-    stochastic_schedule: list[tuple[float, float]] | None = None
+    stochastic_schedule: list[tuple[float, float]] | dict[str, list[tuple[float, float]]] | None = None
 
     @model_validator(mode="after")
     def _schedule(self) -> PerturbationConfig:
         sch = self.stochastic_schedule
         if sch is None:
             return self
-        hours = [h for h, _ in sch]
-        if not sch or hours[0] < 0 or any(b <= a for a, b in zip(hours, hours[1:], strict=False)):
-            raise ValueError("stochastic_schedule needs [hours, strength] points with increasing hours >= 0")
-        if any(not v >= 0 for _, v in sch):
-            raise ValueError("stochastic_schedule strengths must be >= 0")
+        for pts in sch.values() if isinstance(sch, dict) else [sch]:
+            hours = [h for h, _ in pts]
+            if not pts or hours[0] < 0 or any(b <= a for a, b in zip(hours, hours[1:], strict=False)):
+                raise ValueError(
+                    "stochastic_schedule needs [hours, strength] points with increasing hours >= 0"
+                )
+            if any(not v >= 0 for _, v in pts):
+                raise ValueError("stochastic_schedule strengths must be >= 0")
         return self
 
 

@@ -392,11 +392,25 @@ def make_forcing(cfg: ForecastConfig, plan: Plan, model: Any) -> StochasticForci
     else:
         ramp = float(p.stochastic_ramp_hours) / step_hours
     schedule = None
-    if p.stochastic_schedule is not None:
-        schedule = (
-            np.array([h for h, _ in p.stochastic_schedule], dtype=np.float64) / step_hours,
-            np.array([v for _, v in p.stochastic_schedule], dtype=np.float64),
-        )
+    sch = p.stochastic_schedule
+    if sch is not None:
+        if isinstance(sch, dict):
+            unknown = sorted(set(sch) - set(plan.channels))
+            if unknown:
+                raise UserError(
+                    "perturbation.stochastic_schedule names channel(s) the model does not have: "
+                    + ", ".join(unknown)
+                )
+        per = [sch.get(c, [(0.0, 1.0)]) if isinstance(sch, dict) else sch for c in plan.channels]
+        schedule = [
+            (
+                np.array([h for h, _ in pts], dtype=np.float64) / step_hours,
+                np.array([v for _, v in pts], dtype=np.float64),
+            )
+            for pts in per
+        ]
+        if not isinstance(sch, dict):
+            schedule = schedule[:1]  # one schedule for every channel
     return StochasticForcing(amp, plan.latitude, plan.longitude, p.stochastic_length_km, ramp, schedule)
 
 

@@ -84,17 +84,31 @@ def parse_stochastic(text: str) -> float | dict[str, float]:
     return value
 
 
-def parse_schedule(text: str) -> list[tuple[float, float]]:
-    """``"0:1,120:1,240:0.5"`` -> ``[(0, 1), (120, 1), (240, 0.5)]`` (hours:strength points)."""
-    try:
-        pts = [tuple(float(v) for v in item.split(":")) for item in text.split(",")]
+def parse_schedule(text: str) -> list[tuple[float, float]] | dict[str, list[tuple[float, float]]]:
+    """``"0:1,120:1,240:0.5"`` -> ``[(0, 1), (120, 1), (240, 0.5)]`` (hours:strength points), or per
+    channel ``"z500=0:1,48:1,144:0.2;u500=0:1,192:0.3"`` -> ``{"z500": [...], "u500": [...]}``."""
+
+    def points(t: str) -> list[tuple[float, float]]:
+        pts = [tuple(float(v) for v in item.split(":")) for item in t.split(",")]
         if not pts or any(len(p) != 2 for p in pts):
             raise ValueError
+        return [(p[0], p[1]) for p in pts]
+
+    try:
+        if "=" not in text:
+            return points(text)
+        out = {}
+        for part in text.split(";"):
+            name, _, pts = part.partition("=")
+            if not name.strip() or not pts:
+                raise ValueError
+            out[name.strip()] = points(pts)
+        return out
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"'{text}' is not hours:strength points such as 0:1,120:1,240:0.5"
+            f"'{text}' is not hours:strength points such as 0:1,120:1,240:0.5 (per channel: "
+            "z500=0:1,144:0.2;u500=0:1,192:0.3)"
         ) from None
-    return [(p[0], p[1]) for p in pts]
 
 
 def experiment_configs(
@@ -108,7 +122,7 @@ def experiment_configs(
     cycles: int = 3,
     stochastic: float | dict[str, float] = 0.0,
     stochastic_ramp_hours: float | dict[str, float] = 0.0,
-    stochastic_schedule: list[tuple[float, float]] | None = None,
+    stochastic_schedule: list[tuple[float, float]] | dict[str, list[tuple[float, float]]] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """The four forecast configs (a)-(d); ``alpha`` (amplitude / 48 h RMSE), breeding ``cycles`` and
     the stochastic forcing (RMS / 6 h RMSE per step) of (a), (b) and (d); (c) stays unperturbed."""
@@ -537,7 +551,8 @@ def main(argv: list[str] | None = None) -> int:
         type=parse_schedule,
         default=None,
         metavar="H:S,...",
-        help="forcing strength vs lead as hours:strength points, e.g. 0:1,120:1,240:0.5 (instead of a ramp)",
+        help="forcing strength vs lead as hours:strength points, e.g. 0:1,120:1,240:0.5, times any ramp; "
+        "per channel as z500=0:1,144:0.2;u500=0:1,192:0.3 (channels not named: constant)",
     )
     ap.add_argument("--checkpoints", default=None, help="folder of checkpoints (default: shipped)")
     ap.add_argument("--analysis", default="builtin:sphere-swe")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,12 +52,14 @@ class StochasticForcing:
         longitude: np.ndarray,
         length_scale_km: float,
         ramp_steps: float | Sequence[float] = 0.0,
-        schedule: tuple[np.ndarray, np.ndarray] | None = None,
+        schedule: Sequence[tuple[np.ndarray, np.ndarray]] | tuple[np.ndarray, np.ndarray] | None = None,
     ) -> None:
         from pipeline.perturbations.sphere import SphericalRandomField
 
-        # (lead steps, strengths) of a piecewise-linear schedule, else a ramp
-        self.schedule = schedule
+        # piecewise-linear schedules (lead steps, strengths): one for every channel, or one per channel
+        if isinstance(schedule, tuple):
+            schedule = [schedule]
+        self.schedule = list(schedule) if schedule is not None else None
         # one ramp for all channels (a float) or one per channel
         self.ramp_steps: float | np.ndarray = (
             float(ramp_steps)
@@ -74,10 +77,13 @@ class StochasticForcing:
         """Strength at lead step ``lead`` (>= 1): ``min(1, lead / ramp_steps)``, or 1 without a ramp;
         per-channel ramps give a ``(C, 1, 1)`` float32 tensor; a schedule multiplies by its value at
         ``lead``."""
-        sched = 1.0 if self.schedule is None else float(np.interp(lead, self.schedule[0], self.schedule[1]))
-        if isinstance(self.ramp_steps, float):
-            return sched * (1.0 if self.ramp_steps <= 0 else min(1.0, lead / self.ramp_steps))
-        r = self.ramp_steps
+        sched: Any = 1.0
+        if self.schedule is not None:
+            vals = [float(np.interp(lead, h, v)) for h, v in self.schedule]
+            sched = vals[0] if len(vals) == 1 else np.asarray(vals)
+        if isinstance(self.ramp_steps, float) and np.ndim(sched) == 0:
+            return float(sched) * (1.0 if self.ramp_steps <= 0 else min(1.0, lead / self.ramp_steps))
+        r = np.broadcast_to(np.asarray(self.ramp_steps, dtype=np.float64), (self.nchan,))
         s = np.where(r > 0, np.minimum(1.0, lead / np.where(r > 0, r, 1.0)), 1.0) * sched
         return torch.as_tensor(s, dtype=torch.float32).view(-1, 1, 1)
 

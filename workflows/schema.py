@@ -283,11 +283,12 @@ class Perturbation(_Model):
         "strength (0 = full from the first step); a mapping {channel: hours} ramps channels differently "
         "(channels not named: no ramp).",
     )
-    stochastic_schedule: list[tuple[float, float]] | None = Field(
+    stochastic_schedule: list[tuple[float, float]] | dict[str, list[tuple[float, float]]] | None = Field(
         default=None,
         description="Strength of the stochastic forcing vs lead, multiplying any ramp: [[hours, strength], "
         "...] points, linear between them, constant outside (e.g. [[0, 1], [72, 1], [192, 0.3]] tapers it "
-        "off after 3 days); null = constant.",
+        "off after 3 days); a mapping {channel: points} per channel (channels not named: constant); "
+        "null = constant.",
     )
 
 

@@ -263,7 +263,12 @@ def forecast_config(
         "stochastic_ramp_hours": p.stochastic_ramp_hours,
     }
     if p.stochastic_schedule is not None:
-        pert["stochastic_schedule"] = [list(pt) for pt in p.stochastic_schedule]
+        sch = p.stochastic_schedule
+        pert["stochastic_schedule"] = (
+            {c: [list(pt) for pt in pts] for c, pts in sch.items()}
+            if isinstance(sch, dict)
+            else [list(pt) for pt in sch]
+        )
     if p.method != "none":
         pert["n_pairs"] = f.n_pairs()
     amp = dict(p.amplitude) if p.amplitude else (dict(amplitude) if amplitude else None)

@@ -348,9 +348,12 @@ def test_stochastic_forcing_per_channel(world):
     out = {}
     runs = (("ch", {"z500": 2.0}, 0.0), ("half", {"z500": 1.0}, 0.0), ("all", 2.0, 0.0), ("none", 0.0, 0.0),
             ("ramp", {"z500": 2.0}, 24.0), ("pramp", 2.0, {"z500": 24.0, "vo500": 12.0}),
-            ("sched", 2.0, [[0.0, 0.3], [12.0, 0.3], [24.0, 1.0]]))  # fmt: skip
+            ("sched", 2.0, [[0.0, 0.3], [12.0, 0.3], [24.0, 1.0]]),
+            ("psched", 2.0, {"sched": {"z500": [[0.0, 0.5]], "vo500": [[0.0, 0.2], [12.0, 1.0]]}}))  # fmt: skip
     for name, st, ramp in runs:
         key = "stochastic_schedule" if isinstance(ramp, list) else "stochastic_ramp_hours"
+        if isinstance(ramp, dict) and "sched" in ramp:
+            key, ramp = "stochastic_schedule", ramp["sched"]
         pert = {"method": "none", "stochastic": st, key: ramp}
         run_forecast(base_config(world, perturbation=pert, **kw), world["root"] / f"stoch-{name}")
         out[name] = open_forecast(world["root"] / f"stoch-{name}").isel(
@@ -371,7 +374,8 @@ def test_stochastic_forcing_per_channel(world):
     # per-channel ramps: a quarter (24 h), a half (12 h) and all (not named) of the same draws
     # and a schedule: 0.3 of the same draws at the first (6 h) step
     for run, c, frac in (("pramp", "z500", 0.25), ("pramp", "vo500", 0.5), ("pramp", "u500", 1.0),
-                         ("sched", "z500", 0.3), ("sched", "v500", 0.3)):  # fmt: skip
+                         ("sched", "z500", 0.3), ("sched", "v500", 0.3),
+                         ("psched", "z500", 0.5), ("psched", "vo500", 0.6), ("psched", "u500", 1.0)):  # fmt: skip
         np.testing.assert_allclose(
             (out[run][c] - out["none"][c]).values,
             frac * (out["all"][c] - out["none"][c]).values,
@@ -386,6 +390,9 @@ def test_stochastic_forcing_per_channel(world):
     )
     with pytest.raises(UserError, match="stochastic_ramp_hours.*t2m"):
         run_forecast(bad, world["root"] / "stoch-bad-ramp")
+    pert = {"method": "none", "stochastic": 1.0, "stochastic_schedule": {"t2m": [[0, 1]]}}
+    with pytest.raises(UserError, match="stochastic_schedule.*t2m"):
+        run_forecast(base_config(world, perturbation=pert, **kw), world["root"] / "stoch-bad-sched")
 
 
 def test_finalize_removes_temporary_chunk_files_of_killed_writers(world, tmp_path):

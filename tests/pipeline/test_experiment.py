@@ -235,7 +235,11 @@ def test_stochastic_schedule_parsing_validation_and_identity(world):
     from tests.pipeline.conftest import base_config
 
     assert parse_schedule("0:1, 120:1,240:0.5") == [(0.0, 1.0), (120.0, 1.0), (240.0, 0.5)]
-    for bad in ("0:1,120", "a:b", "1;2"):
+    assert parse_schedule("z500=0:1,144:0.2; u500=0:1") == {
+        "z500": [(0.0, 1.0), (144.0, 0.2)],
+        "u500": [(0.0, 1.0)],
+    }
+    for bad in ("0:1,120", "a:b", "1;2", "z500=", "=0:1"):
         with pytest.raises(argparse.ArgumentTypeError):
             parse_schedule(bad)
     cfg = base_config(world)
