@@ -77,8 +77,8 @@ def write_report(res: dict[str, Any]) -> str:
         f"earth2studio {m['earth2studio']}",
         f"- device: {m['device']}; GPU: {m['gpu']}"
         + (
-            " — no GPU machine was available to this session: the `--device cuda` path exists "
-            "(CUDA sync in timings, `torch.cuda.max_memory_allocated`) but has not been run."
+            " on this machine; runs of the same suite with `--device cuda` on a GPU machine are kept in "
+            "`benchmarks/gpu/` (docs/benchmarks.md \"GPU\")."
             if m["gpu"] == "none"
             else ""
         ),

@@ -127,7 +127,7 @@ def test_report_renders_every_figure():
     md = report.write_report(res)
     assert "## 1. Ensemble generation" in md and "**missed**" in md
     assert "Extrapolated" in md and "2.00 h" in md
-    assert "no GPU machine was available" in md
+    assert "GPU: none on this machine" in md and "benchmarks/gpu/" in md
 
 
 def test_hens_layout_and_cuda_guard():
