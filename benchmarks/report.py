@@ -78,7 +78,7 @@ def write_report(res: dict[str, Any]) -> str:
         f"- device: {m['device']}; GPU: {m['gpu']}"
         + (
             " on this machine; runs of the same suite with `--device cuda` on a GPU machine are kept in "
-            "`benchmarks/gpu/` (docs/benchmarks.md \"GPU\")."
+            '`benchmarks/gpu/` (docs/benchmarks.md "GPU").'
             if m["gpu"] == "none"
             else ""
         ),
