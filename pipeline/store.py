@@ -152,7 +152,10 @@ class StoreWriter:
         self.dtype = str(self.attrs["wxens_dtype"])
         self.keepbits = self.attrs.get("wxens_keepbits")
         self.variables = list(self.attrs["wxens_variables"])
-        self._arrays = {v: group[v] for v in self.variables}  # opened once, not per lead
+        # opened once, not per lead; every chunk is written, even one equal to the fill value (NaN):
+        # the manifest checksums each chunk file of a unit (the array's own config: writer threads
+        # must not depend on zarr's global config, which a `with zarr.config.set` changes for all)
+        self._arrays = {v: group[v].with_config({"write_empty_chunks": True}) for v in self.variables}
 
     def positions(self, members: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Kept members among ``members`` (boolean mask) and their store indices."""

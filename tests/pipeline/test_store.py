@@ -55,3 +55,35 @@ def test_encoding_errors_report_within_bounds():
     assert 2.0**-9 < rep["bfloat16"]["max_rel"] <= 2.0**-8
     assert rep["keepbits=12"]["max_rel"] <= 2.0**-13
     assert rep["keepbits=23"]["max_rel"] == 0.0
+
+
+@pytest.mark.parametrize("threads", [1, 4])
+def test_writer_writes_fill_value_chunks_from_any_thread(tmp_path, threads):
+    """A lead whose members are all NaN (the fill value) is still written as a chunk file, from worker
+    threads as from the caller, whatever zarr's global ``write_empty_chunks`` is at the time: the
+    manifest checksums every chunk file of a unit (found by a fresh-clone CI run, where the global
+    setting depended on which test ran before)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+    import zarr
+
+    from pipeline.store import StoreWriter, create_store
+
+    lat, lon = np.linspace(80, -80, 8), np.arange(16) * 22.5
+    chans = ["z500", "u500"]
+    create_store(
+        tmp_path / "s.zarr", times=np.array(["2008-01-01T00"], "datetime64[ns]"), numbers=np.arange(4),
+        member_coords={"checkpoint": np.zeros(4, int), "pair": np.repeat(np.arange(2), 2), "sign": np.tile([1, -1], 2)}, leads=np.arange(3) * np.timedelta64(6, "h"),
+        latitude=lat, longitude=lon, variables=chans, var_attrs={}, chunk_members=2, dtype="float32",
+        attrs={"wxens_chunk_members": 2, "wxens_dtype": "float32", "wxens_variables": chans},
+    )  # fmt: skip
+    w = StoreWriter(tmp_path / "s.zarr")
+    x = torch.full((4, 2, 8, 16), float("nan"))
+    with zarr.config.set({"array.write_empty_chunks": False}), ThreadPoolExecutor(threads) as ex:
+        jobs = [
+            ex.submit(w.write_lead, 0, lead, np.arange(4), x, chans, [v]) for lead in range(3) for v in chans
+        ]
+        files = sorted(f for j in jobs for f in j.result())
+    assert len(files) == 3 * 2 * 2
+    assert all((tmp_path / "s.zarr" / f).is_file() for f in files)
