@@ -189,14 +189,13 @@ class StoreWriter:
             return []
         sel = state[torch.from_numpy(np.flatnonzero(keep))]
         files: list[str] = []
-        with zarr.config.set({"array.write_empty_chunks": True}):
-            for v in self.variables if variables is None else variables:
-                data = encode(sel[:, channels.index(v)], self.dtype, self.keepbits)
-                arr = self._arrays[v]
-                for a, b, off in self._runs(idx):
-                    arr[init, a:b, lead] = data[off : off + (b - a)]
-                for cn in sorted({int(i) // self.chunk_members for i in idx}):
-                    files.append(f"{v}/c/{init}/{cn}/{lead}/0/0")
+        for v in self.variables if variables is None else variables:
+            data = encode(sel[:, channels.index(v)], self.dtype, self.keepbits)
+            arr = self._arrays[v]  # write_empty_chunks in its own config (no global state)
+            for a, b, off in self._runs(idx):
+                arr[init, a:b, lead] = data[off : off + (b - a)]
+            for cn in sorted({int(i) // self.chunk_members for i in idx}):
+                files.append(f"{v}/c/{init}/{cn}/{lead}/0/0")
         return files
 
     def write_nonfinite(self, init: int, members: np.ndarray, steps: np.ndarray) -> list[str]:
