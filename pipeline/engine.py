@@ -635,20 +635,8 @@ def run_forecast(
                     prog.update(task, advance=n, rate=f"{rate:.1f}")
 
                 try:
-                    first_bad = run_unit(
-                        model,
-                        pert,
-                        analyses,
-                        times,
-                        run_seed=cfg.seed,
-                        checkpoint=unit.checkpoint,
-                        pairs=unit.pairs(plan.block),
-                        lead_steps=plan.lead_steps,
-                        on_lead=sink,
-                        nonnegative=_nonneg(cfg, plan),
-                        bf16=cfg.bf16,
-                        on_step=on_step,
-                        forcing=forcing,
+                    first_bad = _roll_out(
+                        cfg, plan, unit, model, pert, forcing, analyses, times, sink, on_step
                     )
                     sums = sink.drain()
                 finally:
@@ -761,6 +749,37 @@ def remove_orphan_temp_files(root: Path) -> int:
     return n
 
 
+def _roll_out(
+    cfg: ForecastConfig,
+    plan: Plan,
+    unit: WorkUnit,
+    model: Any,
+    pert: Any,
+    forcing: StochasticForcing | None,
+    analyses: torch.Tensor,
+    times: Any,
+    on_lead: Callable[[int, torch.Tensor], None],
+    on_step: Callable[[int], None] | None = None,
+) -> np.ndarray:
+    """One work unit's block through :func:`pipeline.rollout.run_unit` with the run's settings (the
+    engine and :func:`regenerate_members` share it, so a regenerated member is the stored one)."""
+    return run_unit(
+        model,
+        pert,
+        analyses,
+        times,
+        run_seed=cfg.seed,
+        checkpoint=unit.checkpoint,
+        pairs=unit.pairs(plan.block),
+        lead_steps=plan.lead_steps,
+        on_lead=on_lead,
+        nonnegative=_nonneg(cfg, plan),
+        bf16=cfg.bf16,
+        on_step=on_step,
+        forcing=forcing,
+    )
+
+
 def regenerate_members(
     run_dir: str | Path,
     members: list[int],
@@ -805,20 +824,7 @@ def regenerate_members(
                         for j, k in _sel:
                             out[v][_i, k, lead] = enc[j]
 
-                run_unit(
-                    model,
-                    pert,
-                    analyses,
-                    times,
-                    run_seed=cfg.seed,
-                    checkpoint=c,
-                    pairs=unit.pairs(plan.block),
-                    lead_steps=plan.lead_steps,
-                    on_lead=on_lead,
-                    nonnegative=_nonneg(cfg, plan),
-                    bf16=cfg.bf16,
-                    forcing=forcing,
-                )
+                _roll_out(cfg, plan, unit, model, pert, forcing, analyses, times, on_lead)
     dims = ("time", "number", "prediction_timedelta", "latitude", "longitude")
     return xr.Dataset(
         {v: (dims, a) for v, a in out.items()},
