@@ -46,7 +46,10 @@ def train_command(
     spectral_loss_kind: str = typer.Option(
         "error",
         "--spectral-loss-kind",
-        help="'error' (power of the error) or 'amse' (amplitude + coherence).",
+        help="'error' (power of the error), 'amse' (amplitude + coherence) or 'amplitude' (amplitude only).",
+    ),
+    mse_steps: int = typer.Option(
+        None, "--mse-steps", help="Rollouts: grid MSE over the first N steps only (default: every step)."
     ),
     train_years: str = typer.Option("2000-2006", "--train-years", help="Training years, 'A-B' or 'A'."),
     valid_years: str = typer.Option(
@@ -84,6 +87,7 @@ def train_command(
         valid_years=_years(valid_years, "--valid-years"),
         spectral_loss=spectral_loss,
         spectral_loss_kind=spectral_loss_kind,
+        mse_steps=mse_steps,
         init_from=str(init_from) if init_from else None,
     )
     if seed is not None:

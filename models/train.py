@@ -87,7 +87,9 @@ class TrainConfig:
     skill_lead_steps: int = 40
     threads: int | None = None
     spectral_loss: float = 0.0  # weight of the degree-normalised spectral error term (0: off)
-    spectral_loss_kind: str = "error"  # "error": power of the error; "amse": amplitude + coherence
+    spectral_loss_kind: str = "error"  # "error": power of the error; "amse": amplitude + coherence;
+    # "amplitude": amplitude only (no phase: rewards keeping each degree's power, not the mean)
+    mse_steps: int | None = None  # rollouts: grid MSE over the first N steps only (None: every step)
     init_from: str | None = None  # fine-tune: start from this checkpoint's weights (same architecture)
     init_from_sha256: str | None = None  # filled in by train(): the weights the run started from
 
@@ -194,6 +196,25 @@ class SpectralLoss:
         r = self.power(err) / self.ref
         return r[..., self.mask].mean()
 
+    def term(self, kind: str, pred: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+        """The loss term named by ``--spectral-loss-kind`` (one of :data:`SPECTRAL_KINDS`)."""
+        if kind == "amse":
+            return self.amse(pred, truth)
+        if kind == "amplitude":
+            return self.amplitude(pred, truth)
+        return self(pred - truth)
+
+    def amplitude(self, pred: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+        """Amplitude part of :meth:`amse` alone, ``(sqrt(P_f) - sqrt(P_t))^2`` per degree, degree-normalised.
+
+        Blind to phase: with the grid MSE limited to the first steps of a rollout (``mse_steps``) it asks
+        later steps for weather with the truth's power at every degree, not for the smooth mean.
+        """
+        pf, pt = self.power(pred), self.power(truth)
+        eps = 1e-12 * self.ref
+        r = ((pf + eps).sqrt() - (pt + eps).sqrt()) ** 2 / self.ref
+        return r[..., self.mask].mean()
+
     def amse(self, pred: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
         """Amplitude-and-coherence form per degree (Subich et al. 2025), degree-normalised like ``__call__``.
 
@@ -214,6 +235,9 @@ class SpectralLoss:
         coh = cross / (sf * st)
         r = ((sf - st) ** 2 + 2 * torch.maximum(pf, pt) * (1 - coh)) / self.ref
         return r[..., self.mask].mean()
+
+
+SPECTRAL_KINDS = ("error", "amse", "amplitude")
 
 
 def _lr_at(cfg: TrainConfig, it: int) -> float:
@@ -324,8 +348,12 @@ def train(
         log.info("%s already holds a finished checkpoint; skipping", out)
         return TrainResult(out, 0.0, float("nan"), skipped=True)
     out.mkdir(parents=True, exist_ok=True)
-    if cfg.spectral_loss_kind not in ("error", "amse"):
-        raise UserError(f"--spectral-loss-kind must be 'error' or 'amse', not '{cfg.spectral_loss_kind}'")
+    if cfg.spectral_loss_kind not in SPECTRAL_KINDS:
+        raise UserError(
+            f"--spectral-loss-kind must be one of {', '.join(SPECTRAL_KINDS)}, not '{cfg.spectral_loss_kind}'"
+        )
+    if cfg.mse_steps is not None and cfg.mse_steps < 1:
+        raise UserError(f"--mse-steps must be >= 1, not {cfg.mse_steps}")
     if cfg.rollout_iters and cfg.rollout_steps < 2:
         raise UserError("--rollout-iters needs --rollout-steps >= 2")
     if cfg.rollout_iters > cfg.steps:
@@ -400,17 +428,15 @@ def train(
             for g in opt.param_groups:
                 g["lr"] = _lr_at(cfg, it)
             x = data[idx]
+            n_mse = min(k, cfg.mse_steps or k)
             loss = torch.zeros(())
             for j in range(k):
                 tj = list(times[(idx + j).numpy()])
                 x = model.forward(x, tj)
-                loss = loss + _weighted_mse((x - data[idx + j + 1]) / tstd, w) / k
+                if j < n_mse:
+                    loss = loss + _weighted_mse((x - data[idx + j + 1]) / tstd, w) / n_mse
                 if spec_loss is not None:
-                    sl = (
-                        spec_loss.amse(x, data[idx + j + 1])
-                        if cfg.spectral_loss_kind == "amse"
-                        else spec_loss(x - data[idx + j + 1])
-                    )
+                    sl = spec_loss.term(cfg.spectral_loss_kind, x, data[idx + j + 1])
                     loss = loss + cfg.spectral_loss * sl / k
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -217,6 +217,42 @@ def test_amse_reduces_to_the_error_form_where_it_should(prepared) -> None:
     assert float(sl.amse(torch.zeros_like(x), x)) == pytest.approx(3 * float(sl(x)), rel=1e-4)
 
 
+def test_amplitude_loss_is_blind_to_phase(prepared) -> None:
+    """The amplitude-only term: 0 for any forecast with the truth's degree power (a rotation in longitude,
+    whatever its phase error), = AMSE for a coherent (scaled) forecast, = P per degree for zeros."""
+    from models.train import SpectralLoss
+
+    data = prepared["train"].data
+    sl = SpectralLoss(data, prepared["latitude"], 12, n_ref=64)
+    x = data[:4].float()
+    assert float(sl.amplitude(x, x)) == pytest.approx(0.0, abs=1e-6)
+    for shift in (1, 5, data.shape[-1] // 2):  # rotations by whole grid steps keep every degree's power
+        rot = torch.roll(x, shifts=shift, dims=-1)
+        assert float(sl.amplitude(rot, x)) == pytest.approx(0.0, abs=1e-5)
+        assert float(sl.amse(rot, x)) > 0.01  # the phase error AMSE charges for
+    for a in (0.5, 1.7):
+        assert float(sl.amplitude(a * x, x)) == pytest.approx(float(sl.amse(a * x, x)), rel=1e-4)
+    assert float(sl.amplitude(torch.zeros_like(x), x)) == pytest.approx(float(sl(x)), rel=1e-4)
+    assert float(sl.term("amplitude", 0.5 * x, x)) == float(sl.amplitude(0.5 * x, x))
+    assert float(sl.term("error", 0.5 * x, x)) == float(sl(-0.5 * x))
+
+
+def test_mse_steps_limits_the_grid_error_to_the_first_steps(tmp_path: Path, tiny_config, prepared) -> None:
+    cfg = dataclasses.replace(tiny_config, steps=3, rollout_steps=3, rollout_iters=3)
+    full = train(cfg, tmp_path / "full", prepared=prepared, progress=False)
+    same = train(dataclasses.replace(cfg, mse_steps=3), tmp_path / "same", prepared=prepared, progress=False)
+    first = train(
+        dataclasses.replace(cfg, mse_steps=1), tmp_path / "first", prepared=prepared, progress=False
+    )
+    assert same.losses == full.losses  # N >= the rollout: every step counts, as without the option
+    # the first iteration starts from the same weights and batch: the 1-step error grows over the rollout
+    assert first.losses[0] < full.losses[0]
+    meta = json.loads((tmp_path / "first" / "metadata.json").read_text())["training"]
+    assert meta["mse_steps"] == 1
+    with pytest.raises(UserError, match="mse-steps"):
+        train(dataclasses.replace(cfg, mse_steps=0), tmp_path / "bad", prepared=prepared, progress=False)
+
+
 def test_cli_fine_tune_with_spectral_loss(tmp_path: Path, tiny_world, capsys) -> None:
     """``wxens train --init-from ... --spectral-loss ... --spectral-loss-kind amse`` end to end."""
     from models import load_checkpoint
@@ -233,6 +269,12 @@ def test_cli_fine_tune_with_spectral_loss(tmp_path: Path, tiny_world, capsys) ->
     meta = load_checkpoint(tmp_path / "ft").metadata["training"]
     assert meta["spectral_loss"] == 0.5 and meta["spectral_loss_kind"] == "amse"
     assert meta["init_from_sha256"] == load_checkpoint(tmp_path / "base").metadata["weights_sha256"]
+    amp = ["train", "--out", str(tmp_path / "amp"), "--steps", "2", "--rollout-steps", "2", "--rollout-iters", "2",
+           "--init-from", str(tmp_path / "base"), "--spectral-loss", "30", "--spectral-loss-kind", "amplitude",
+           "--mse-steps", "1", *common]  # fmt: skip
+    assert main(amp) == 0, capsys.readouterr().err
+    meta = load_checkpoint(tmp_path / "amp").metadata["training"]
+    assert (meta["spectral_loss_kind"], meta["mse_steps"]) == ("amplitude", 1)
     bad = ["train", "--out", str(tmp_path / "bad"), "--steps", "2", "--spectral-loss", "1", "--spectral-loss-kind", "l1",
            *common]  # fmt: skip
     assert main(bad) == 2
