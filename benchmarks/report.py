@@ -240,6 +240,18 @@ def write_report(res: dict[str, Any]) -> str:
                     ],
                 ),
             ]
+            reps = f.get("repeats") or 1
+            if reps > 1:
+                out += [
+                    "",
+                    f"Each size ran {reps} times in interleaved order; the row is its fastest run (wall) with "
+                    "the worst memory of its runs. Wall s of every run: "
+                    + "; ".join(
+                        f"{r['members']}: " + " / ".join(f"{w:.1f}" for w in r.get("repeat_wall_s", []))
+                        for r in f["rows"]
+                    )
+                    + ".",
+                ]
             fit = f.get("fit")
             if fit:
                 out += [

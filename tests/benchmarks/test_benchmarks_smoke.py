@@ -112,7 +112,8 @@ def test_report_renders_every_figure():
         "figures": {
             "ensemble": {"rows": [{"grid": "64x32", "speedup_vs_naive": 1.5}], "targets": {"a": False}},
             "huge": {
-                "rows": [{"members": 64, "wall_s": 10.0}],
+                "rows": [{"members": 64, "wall_s": 10.0, "repeat_wall_s": [10.0, 11.25]}],
+                "repeats": 2,
                 "hens_extrapolation": {
                     "members": 7424,
                     "from_members": 64,
@@ -127,6 +128,7 @@ def test_report_renders_every_figure():
     md = report.write_report(res)
     assert "## 1. Ensemble generation" in md and "**missed**" in md
     assert "Extrapolated" in md and "2.00 h" in md
+    assert "ran 2 times" in md and "64: 10.0 / 11.2" in md
     assert "GPU: none on this machine" in md and "benchmarks/gpu/" in md
 
 

@@ -82,3 +82,14 @@ def test_negative_slope_is_not_linear():
         s["targets"]["wall time affine-linear in members (>= 3 sizes, max residual of the fit <= 15%)"]
         is False
     )
+
+
+def test_best_of_repeats_keeps_fastest_times_and_worst_memory() -> None:
+    a = {"members": 64, "wall_s": 12.0, "cpu_s": 12.5, "peak_rss_mib": 900.0, "peak_rss_anon_mib": None}
+    b = {"members": 64, "wall_s": 10.5, "cpu_s": 10.9, "peak_rss_mib": 950.0, "peak_rss_anon_mib": 540.0}
+    c = {"members": 64, "wall_s": 11.0, "cpu_s": 10.0, "peak_rss_mib": 910.0, "peak_rss_anon_mib": 560.0}
+    row = huge.best_of([a, b, c])
+    assert (row["wall_s"], row["cpu_s"]) == (10.5, 10.9)  # times of one run, the fastest by wall
+    assert (row["peak_rss_mib"], row["peak_rss_anon_mib"]) == (950.0, 560.0)
+    assert row["repeat_wall_s"] == [12.0, 10.5, 11.0]
+    assert huge.best_of([a])["wall_s"] == 12.0 and a.get("repeat_wall_s") is None  # inputs untouched
