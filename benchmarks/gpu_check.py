@@ -16,6 +16,9 @@ It writes ``OUT/gpu_check.json`` and prints a table:
    lead) on the device with the shipped checkpoints at 64x32: member-steps/s for float32 and bf16 and
    the peak device memory, for each ``--members``; plus the model alone (untrained default SFNO) at
    64x32, 128x64 and, unless ``--quick``, 721x1440: batched member-steps/s for each ``--batches``.
+3. **Inline scoring** (fair CRPS and spectra, nothing but scores stored) for each ``--inline-members``:
+   member-steps/s with the reductions and the CRPS sort on the CPU (``inline.on_device: false``) and on
+   the device (the default), and the largest relative difference of the area-mean CRPS between them.
 
 ``--device cpu`` runs the same code on the CPU (bf16 is then a no-op): the smoke test does that.
 """
@@ -151,6 +154,53 @@ def engine_throughput(
     return rows
 
 
+def inline_throughput(
+    analysis: str, device: torch.device, members: list[int], work: Path, emit: Callable[[dict], None]
+) -> list[dict[str, Any]]:
+    """``run_forecast`` with inline scores only (fair CRPS, spectra; ``output.keep: none``), the
+    reductions on the CPU (``inline.on_device: false``) and on the device, interleaved; each row also
+    gives the largest relative difference of the area-mean CRPS from the CPU-reduced run's."""
+    import xarray as xr
+
+    from models import pretrained_dir
+    from pipeline import run_forecast
+
+    ckpts = [str(p) for p in sorted(pretrained_dir("sphere-swe").glob("seed-*"))]
+    rows = []
+    for n in members:
+        n_pairs = max(1, n // (2 * len(ckpts)))
+        ref = None
+        for on_device in (False, True):
+            cfg: dict[str, Any] = {
+                "analysis": analysis,
+                "init_times": ["2008-01-15T00"],
+                "checkpoints": ckpts,
+                "perturbation": {"method": "bred", "n_pairs": n_pairs, "alpha": 0.1},
+                "lead_steps": 40,
+                "batch_size": max(1, n // len(ckpts)),
+                "device": device.type,
+                "seed": 0,
+                "progress": False,
+                "inline": {"enabled": True, "crps": True, "spectra": True, "on_device": on_device},
+                "output": {"keep": "none"},
+            }
+            run_dir = work / f"inline-{n}-{int(on_device)}"
+            t0 = time.perf_counter()
+            s = run_forecast(cfg, run_dir)
+            _sync(device)
+            wall = time.perf_counter() - t0
+            crps = xr.open_zarr(run_dir / "scores.zarr")["crps_global"].values
+            ref = crps if ref is None else ref
+            m_total = 2 * n_pairs * len(ckpts)
+            row = {"inline_members": m_total, "on_device": on_device, "wall_s": wall,
+                   "member_steps_per_s": m_total * 40 / wall, "complete": s["complete"],
+                   "crps_max_rel_diff": float(np.nanmax(np.abs(crps - ref) / np.abs(ref)))}  # fmt: skip
+            rows.append(row)
+            emit(row)
+            shutil.rmtree(run_dir, ignore_errors=True)
+    return rows
+
+
 def model_throughput(
     device: torch.device, batches: list[int], quick: bool, emit: Callable[[dict], None]
 ) -> list[dict[str, Any]]:
@@ -200,6 +250,8 @@ def main(argv: list[str] | None = None) -> int | None:
     ap.add_argument("--out", default=None, help="folder for gpu_check.json (default: print only)")
     ap.add_argument("--members", default="64,256,1024", help="engine ensemble sizes (comma-separated)")
     ap.add_argument("--batches", default="1,8,32,128", help="model-only batch sizes (comma-separated)")
+    ap.add_argument("--inline-members", default="1024",
+                    help="ensemble sizes of the inline-scoring runs, reductions on CPU vs device ('' = none)")  # fmt: skip
     ap.add_argument("--inits", type=int, default=8, help="inits of the bf16 check")
     ap.add_argument("--quick", action="store_true", help="skip the 721x1440 model")
     ap.add_argument("--write-subset", default=None, metavar="PATH", help="write the 2008 states and exit")
@@ -225,8 +277,14 @@ def main(argv: list[str] | None = None) -> int | None:
             (out / "gpu_check.json").write_text(json.dumps(res, indent=1))
 
     def emit(r: dict) -> None:
-        res["throughput"]["engine" if "members" in r else "model"].append(r)
+        kind = "inline" if "inline_members" in r else "engine" if "members" in r else "model"
+        res["throughput"][kind].append(r)
         save()
+        if kind == "inline":
+            print(f"inline scores {r['inline_members']} members on_device={r['on_device']}: "
+                  f"{r['member_steps_per_s']:.1f} member-steps/s ({r['wall_s']:.2f} s), "
+                  f"CRPS max rel diff {r['crps_max_rel_diff']:.1e}", flush=True)  # fmt: skip
+            return
         rate = (
             "OOM"
             if r.get("oom")
@@ -240,10 +298,13 @@ def main(argv: list[str] | None = None) -> int | None:
     b = res["bf16"]
     print(f"device {res['device']}: bf16 max |rel RMSE diff| to 5 days {b['max_rel_diff_to_5_days']:.4f} "
           f"({'ok' if b['bf16_ok'] else 'NOT ok'})", flush=True)  # fmt: skip
-    res["throughput"] = {"model": [], "engine": []}
+    res["throughput"] = {"model": [], "engine": [], "inline": []}
     model_throughput(device, [int(v) for v in args.batches.split(",")], args.quick, emit)
     with tempfile.TemporaryDirectory(prefix="wxens-gpu-") as tmp:
         engine_throughput(args.analysis, device, [int(v) for v in args.members.split(",")], Path(tmp), emit)
+        if args.inline_members:
+            sizes = [int(v) for v in args.inline_members.split(",")]
+            inline_throughput(args.analysis, device, sizes, Path(tmp), emit)
     save()
     return 0
 

@@ -671,31 +671,45 @@ def energy_score(
 def _from_finite_members(
     members: Any, obs: Any, member_axis: int, thresholds: Any, keep_sorted: bool
 ) -> tuple | None:
-    """:meth:`EnsembleAccumulator.from_members` for NumPy members without NaN and without
-    thresholds or sorted members (the inline scorer's case), reducing over the leading member axis of
-    a contiguous copy instead of a strided last axis with a ``where`` per statistic: same statistics
-    (to float64 rounding: the sums run in another order), several times faster (docs/benchmarks.md
-    "GPU"). None when the general path is needed."""
-    if _is_torch(members) or _is_torch(obs) or thresholds is not None or keep_sorted:
+    """:meth:`EnsembleAccumulator.from_members` for members without NaN and without thresholds or
+    sorted members (the inline scorer's case), reducing over the leading member axis of a contiguous
+    copy instead of a strided last axis with a ``where`` per statistic: same statistics (to float64
+    rounding: the sums run in another order), several times faster (docs/benchmarks.md "GPU"). NumPy
+    or torch (both inputs tensors: on their device, e.g. a GPU). None when the general path is needed."""
+    if thresholds is not None or keep_sorted or _is_torch(members) != _is_torch(obs):
         return None
-    f = np.moveaxis(np.asarray(members), member_axis, 0)
-    y = np.asarray(obs, dtype=np.float64)
+    f: Any
+    y: Any
+    if _is_torch(members):
+        f = torch.movedim(members, member_axis, 0).to(torch.float64).contiguous()
+        y = obs.to(device=f.device, dtype=torch.float64)
+    else:
+        f = np.moveaxis(np.asarray(members), member_axis, 0)
+        y = np.asarray(obs, dtype=np.float64)
     if f.ndim == 0 or f.shape[0] == 0 or tuple(y.shape) != tuple(f.shape[1:]):
         return None
-    f = np.ascontiguousarray(f, dtype=np.float64)
-    if not np.isfinite(f.sum()):  # a NaN or inf anywhere (one cheap pass): the general path
+    if not _is_torch(f):
+        f = np.ascontiguousarray(f, dtype=np.float64)
+    if not bool(np.isfinite(float(f.sum()))):  # a NaN or inf anywhere (one cheap pass): general path
         return None
     m = f.shape[0]
-    n = np.full(y.shape, float(m))
-    mean = f.sum(axis=0) / m
+    mean = f.sum(0) / m
     dev = f - mean
-    m2 = np.einsum("i...,i...->...", dev, dev)
-    err = np.abs(f - y, out=dev)
-    abs_err_sum = err.sum(axis=0)
-    min_abs_err = err.min(axis=0)
-    less = np.count_nonzero(f < y, axis=0).astype(np.float64)
-    eq = np.count_nonzero(f == y, axis=0).astype(np.float64)
-    return (y, n, mean, m2, abs_err_sum, min_abs_err, less, eq, None, None, None)
+    err = abs(f - y)
+    n: Any
+    if _is_torch(f):
+        n = torch.full(y.shape, float(m), dtype=torch.float64, device=f.device)
+        m2 = torch.einsum("i...,i...->...", dev, dev)
+        min_abs_err = err.amin(0)
+        less = (f < y).sum(0, dtype=torch.float64)
+        eq = (f == y).sum(0, dtype=torch.float64)
+    else:
+        n = np.full(y.shape, float(m))
+        m2 = np.einsum("i...,i...->...", dev, dev)
+        min_abs_err = err.min(axis=0)
+        less = np.count_nonzero(f < y, axis=0).astype(np.float64)
+        eq = np.count_nonzero(f == y, axis=0).astype(np.float64)
+    return (y, n, mean, m2, err.sum(0), min_abs_err, less, eq, None, None, None)
 
 
 @dataclass

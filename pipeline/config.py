@@ -96,6 +96,9 @@ class InlineConfig(_Strict):
     spectra: bool = True
     thresholds: dict[str, list[float]] = Field(default_factory=dict)
     memory_mb: float = Field(512.0, gt=0)
+    #: run the reductions and the CRPS sort on the rollout's device when it is a GPU (False: NumPy on
+    #: the CPU, as on a CPU run); the scores are the same to float64 rounding
+    on_device: bool = True
 
 
 class ForecastConfig(_Strict):

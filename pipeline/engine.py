@@ -91,6 +91,12 @@ def load_model(loader: str, path: str, device: torch.device) -> Any:
     return model.to(device)
 
 
+def score_device(cfg: ForecastConfig, device: torch.device) -> torch.device | None:
+    """Where the inline scores are reduced: the rollout's device when it is not the CPU and
+    ``inline.on_device`` (the default), else None (NumPy on the CPU)."""
+    return device if cfg.inline.on_device and device.type != "cpu" else None
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -622,6 +628,7 @@ def run_forecast(
                         unit,
                         members,
                         truth.for_init(init),
+                        device=score_device(cfg, device),
                     )
 
                 sink = LeadSink(
@@ -672,6 +679,7 @@ def run_forecast(
                     truth.at_time,
                     keep=cfg.output.keep,
                     wait=False,
+                    device=score_device(cfg, device),
                 )
     elapsed = time.time() - t0
     all_done = set(u.name for u in units) <= mf.done_units(run_dir)
@@ -723,7 +731,18 @@ def finalize(run_dir: Path, cfg: ForecastConfig) -> bool:
             ds = _ANALYSIS_CACHE.get(str(run_dir))
             if ds is None:
                 ds = open_analysis(cfg.analysis)
-            inl.finalize(run_dir, cfg.inline, plan, lambda t: truth_at(ds, plan, t), keep=cfg.output.keep)
+            try:
+                dev = resolve_device(cfg.device)
+            except UserError:  # finalised on a machine without the rollout's GPU: on the CPU
+                dev = torch.device("cpu")
+            inl.finalize(
+                run_dir,
+                cfg.inline,
+                plan,
+                lambda t: truth_at(ds, plan, t),
+                keep=cfg.output.keep,
+                device=score_device(cfg, dev),
+            )
         # a process killed inside zarr's atomic chunk write leaves its temporary file behind (the chunk
         # itself is rewritten by whoever redoes the unit); every unit is done, so no writer is left
         stores = [Path(cfg.output.path) if cfg.output.path else run_dir / STORE_NAME, run_dir]

@@ -188,7 +188,11 @@ class _SpillReader:
 
 
 class UnitScorer:
-    """Scores one work unit lead by lead, writing one mergeable partial per lead."""
+    """Scores one work unit lead by lead, writing one mergeable partial per lead.
+
+    ``device`` None reduces on the CPU with NumPy; a torch device (the rollout's GPU) reduces there,
+    in float64, and copies only the members (for the spill) and the unit's small partials to the host:
+    the same statistics to float64 rounding (tests/pipeline/test_inline.py)."""
 
     def __init__(
         self,
@@ -198,6 +202,7 @@ class UnitScorer:
         unit: Any,
         members: np.ndarray,
         truth: Callable[[int], np.ndarray | None],
+        device: torch.device | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
         self.icfg = icfg
@@ -205,6 +210,7 @@ class UnitScorer:
         self.unit = unit
         self.members = members
         self.truth = truth
+        self.device = device
         self.w = area_weights(plan.latitude)
         self.files: list[str] = []
         d = self.run_dir / INLINE / unit.name
@@ -215,16 +221,26 @@ class UnitScorer:
         )
 
     def on_lead(self, lead: int, x: torch.Tensor) -> None:
+        if self.device is not None:
+            arrays = self._reduce_torch(lead, x.detach().to(self.device))
+        else:
+            arrays = self._reduce_numpy(lead, x.detach().float().cpu().numpy())
+        if arrays is None:
+            return
+        rel = _lead_file(self.unit.name, lead)
+        _save_npz(self.run_dir / rel, arrays)
+        self.files.append(rel)
+
+    def _reduce_numpy(self, lead: int, xs: np.ndarray) -> dict[str, np.ndarray] | None:
         from evaluation.metrics import EnsembleAccumulator
 
-        xs = x.detach().float().cpu().numpy()
         fin = np.isfinite(xs).reshape(xs.shape[0], -1).all(axis=1)
         xs = np.where(fin[:, None, None, None], xs, np.nan).astype(np.float32)
         if self.spill is not None:
             self.spill.write_lead(lead, xs)
         y = self.truth(lead)
         if y is None:
-            return
+            return None
         acc = EnsembleAccumulator.from_members(xs, y, member_axis=0, keep_sorted=False)
         arrays = {f"acc_{k}": np.asarray(getattr(acc, k), dtype=np.float64) for k in _ACC_FIELDS}
         for c, thr in self.icfg.thresholds.items():
@@ -239,9 +255,40 @@ class UnitScorer:
                 arrays["spec"] = ps.sum(axis=0)
         err = (xs.astype(np.float64) - y[None]) ** 2
         arrays["member_rmse"] = np.sqrt((err.mean(-1) * self.w).mean(-1))  # (B, C)
-        rel = _lead_file(self.unit.name, lead)
-        _save_npz(self.run_dir / rel, arrays)
-        self.files.append(rel)
+        return arrays
+
+    def _reduce_torch(self, lead: int, x: torch.Tensor) -> dict[str, np.ndarray] | None:
+        """:meth:`_reduce_numpy` on ``x``'s device: only the members and the partials cross to the host."""
+        from evaluation.metrics import EnsembleAccumulator
+        from evaluation.spectra import power_spectrum as ev_ps
+
+        xs = x.float()
+        fin = torch.isfinite(xs).flatten(1).all(dim=1)
+        xs = torch.where(fin[:, None, None, None], xs, float("nan"))
+        if self.spill is not None:
+            self.spill.write_lead(lead, xs.cpu().numpy())
+        y_np = self.truth(lead)
+        if y_np is None:
+            return None
+        y = torch.as_tensor(np.asarray(y_np, dtype=np.float64), device=xs.device)
+        out: dict[str, torch.Tensor] = {}
+        acc = EnsembleAccumulator.from_members(xs, y, member_axis=0, keep_sorted=False)
+        for k in _ACC_FIELDS:
+            out[f"acc_{k}"] = getattr(acc, k)
+        for c, thr in self.icfg.thresholds.items():
+            ci = self.plan.channels.index(c)
+            t = torch.as_tensor(thr, dtype=torch.float64, device=xs.device)[:, None, None, None]
+            out[f"exceed_{c}"] = ((xs[None, :, ci] > t) & fin[None, :, None, None]).sum(dim=1).to(torch.int32)
+        good = xs[fin].double()
+        if self.icfg.spectra and good.shape[0] > 0:
+            out["spec"] = ev_ps(good, self.plan.latitude).power.sum(dim=0)
+        err = (xs.double() - y[None]) ** 2
+        w = torch.as_tensor(self.w, dtype=torch.float64, device=xs.device)
+        out["member_rmse"] = torch.sqrt((err.mean(-1) * w).mean(-1))  # (B, C)
+        arrays = {k: v.cpu().numpy() for k, v in out.items()}
+        return {
+            k: v if k.startswith("exceed_") else v.astype(np.float64, copy=False) for k, v in arrays.items()
+        }
 
     def finish(self, first_bad: np.ndarray) -> list[str]:
         """Flush the spill; returns the unit's inline files (relative to the run dir)."""
@@ -398,11 +445,14 @@ def finalize_init(
     i: int,
     truth: Callable[[np.datetime64], np.ndarray | None],
     keep: str = "members",
+    device: torch.device | None = None,
 ) -> Path:
     """Merge the partials of every unit of init ``i`` (all done) into its slices of
     ``inline/scores.partial.zarr`` one lead at a time, write ``inline/final/t<i>.npz`` (the area means,
     rank histograms and per-member errors, atomically: its presence marks the init final) and then
-    delete the init's partials and spills. Not locked here: see :func:`ensure_final`."""
+    delete the init's partials and spills. Not locked here: see :func:`ensure_final`. ``device``: where
+    the per-point CRPS sorts the members (None: NumPy on the CPU; a GPU: each band's float32 members
+    are copied there and scored in float64)."""
     from evaluation.metrics import crps_ensemble
 
     run_dir = Path(run_dir)
@@ -479,15 +529,21 @@ def finalize_init(
             crps = np.full((nc, ny, nx), np.nan)
             for r0 in range(0, ny, rows):
                 r1 = min(ny, r0 + rows)
-                # the init's members of one band, C order, float64 (differences of large values: z500)
-                band = np.empty((sum(sp.shape[2] for sp in spills), nc, r1 - r0, nx), np.float64)
+                # the init's members of one band, C order, scored in float64 (differences of large
+                # values: z500); a device gets the float32 members (half the bytes) and converts there
+                dt = np.float64 if device is None else np.float32
+                band = np.empty((sum(sp.shape[2] for sp in spills), nc, r1 - r0, nx), dt)
                 m0 = 0
                 for sp in spills:
                     band[m0 : m0 + sp.shape[2]] = sp.band(lead, r0, r1)
                     m0 += sp.shape[2]
-                crps[:, r0 : r0 + rows] = crps_ensemble(
-                    band, y[:, r0 : r0 + rows].astype(np.float64), member_axis=0, fair=True
-                )
+                yb = y[:, r0 : r0 + rows].astype(np.float64)
+                if device is None:
+                    crps[:, r0 : r0 + rows] = crps_ensemble(band, yb, member_axis=0, fair=True)
+                else:
+                    bt = torch.from_numpy(band).to(device).double()
+                    crps_t = crps_ensemble(bt, torch.from_numpy(yb).to(device), member_axis=0, fair=True)
+                    crps[:, r0 : r0 + rows] = crps_t.cpu().numpy()
             g["crps"][i, lead] = crps.astype(np.float32)
             crps_g[lead] = amean(crps)
     # the init's chunks reach the disk before the marker that lets its spills go
@@ -521,6 +577,7 @@ def ensure_final(
     truth: Callable[[np.datetime64], np.ndarray | None],
     keep: str = "members",
     wait: bool = True,
+    device: torch.device | None = None,
 ) -> bool:
     """Finalise init ``i`` (every unit of it done) unless it is final already, under
     ``locks/_final-t<i>.lock``; another process holding the lock is waited for (``wait``) or left
@@ -531,7 +588,7 @@ def ensure_final(
         if lock.acquire():
             try:
                 if not is_final(run_dir, i):
-                    finalize_init(run_dir, icfg, plan, i, truth, keep)
+                    finalize_init(run_dir, icfg, plan, i, truth, keep, device)
             finally:
                 lock.release()
         elif not wait:
@@ -548,6 +605,7 @@ def finalize(
     plan: Any,
     truth: Callable[[np.datetime64], np.ndarray | None],
     keep: str = "members",
+    device: torch.device | None = None,
 ) -> Path:
     """Finalise every init not final yet (:func:`ensure_final`), then write the stacked area means,
     rank histograms and per-member errors into ``inline/scores.partial.zarr`` and rename it to
@@ -555,7 +613,7 @@ def finalize(
     run_dir = Path(run_dir)
     nt = len(plan.inits)
     for i in range(nt):
-        ensure_final(run_dir, icfg, plan, i, truth, keep)
+        ensure_final(run_dir, icfg, plan, i, truth, keep, device=device)
     final = run_dir / SCORES
     partial = run_dir / PARTIAL
     if partial.is_dir():

@@ -85,13 +85,17 @@ class LeadSink:
             if self.scorer is not None:
                 self.scorer.on_lead(lead, x)
             return
-        # a private host copy: the rollout replaces x next step, and a model may reuse its buffers
-        xc = x.detach().to("cpu", copy=True)
+        # private copies: the rollout replaces x next step, and a model may reuse its buffers; a scorer
+        # that reduces on the rollout's device (a GPU) gets a device copy, the writers a host copy
+        on_device = self.scorer is not None and getattr(self.scorer, "device", None) is not None
+        xc = x.detach().to("cpu", copy=True) if self.writer is not None or not on_device else None
         futs: list[Future] = []
         if self.writer is not None:
+            assert xc is not None
             futs += [self._io.submit(self._write, lead, [v], xc) for v in self.writer.variables]
         if self.scorer is not None and self._score is not None:
-            futs.append(self._score.submit(self.scorer.on_lead, lead, xc))
+            xs = x.detach().clone() if on_device or xc is None else xc
+            futs.append(self._score.submit(self.scorer.on_lead, lead, xs))
         self._leads.append(futs)
         while len(self._leads) > self.max_pending:
             self._collect(self._leads.popleft())

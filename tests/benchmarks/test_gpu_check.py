@@ -22,7 +22,7 @@ def test_gpu_check_runs_on_cpu_from_a_subset(tmp_path):
     threads = torch.get_num_threads()
     try:
         argv = ["--device", "cpu", "--analysis", str(sub), "--quick", "--members", "8", "--batches", "1,2",
-                "--inits", "2", "--out", str(tmp_path / "out")]  # fmt: skip
+                "--inline-members", "8", "--inits", "2", "--out", str(tmp_path / "out")]  # fmt: skip
         assert gpu_check.main(argv) == 0
     finally:
         torch.set_num_threads(threads)
@@ -37,6 +37,10 @@ def test_gpu_check_runs_on_cpu_from_a_subset(tmp_path):
     eng = res["throughput"]["engine"]
     assert [(r["members"], r["bf16"]) for r in eng] == [(8, False), (8, True)]
     assert all(r["complete"] and r["member_steps_per_s"] > 0 for r in eng)
+    inl = res["throughput"]["inline"]
+    assert [(r["inline_members"], r["on_device"]) for r in inl] == [(8, False), (8, True)]
+    # on the CPU the engine reduces with NumPy either way (the device path is tested in tests/pipeline)
+    assert all(r["complete"] and r["crps_max_rel_diff"] == 0.0 for r in inl)
     model = res["throughput"]["model"]
     assert {(r["grid"], r["batch"], r["bf16"]) for r in model} == {
         (g, bt, f) for g in ("64x32", "128x64") for bt in (1, 2) for f in (False, True)

@@ -333,8 +333,9 @@ def test_accumulator_merge_equals_one_shot(rng: np.random.Generator, backend: st
 
 
 def test_accumulator_finite_fast_path_equals_general_path(rng: np.random.Generator) -> None:
-    """The inline scorer's case (NumPy, no NaN, no thresholds, unsorted) takes a members-first fast
-    path: every statistic equals the general (torch, members-last) path; with a NaN it falls back."""
+    """The inline scorer's case (no NaN, no thresholds, unsorted) takes a members-first fast path, on
+    NumPy and on tensors: every statistic equals the general (torch, members-last) path; with a NaN it
+    falls back."""
     f = rng.normal(size=(9, 3, 5, 7)) * 100 + 5000
     y = (rng.normal(size=(3, 5, 7)) * 100 + 5000).astype(np.float32).astype(np.float64)
     f[2, 0, 1, 1] = y[0, 1, 1]  # a tie for the rank counts
@@ -347,6 +348,17 @@ def test_accumulator_finite_fast_path_equals_general_path(rng: np.random.Generat
             assert isinstance(got, np.ndarray) and got.dtype == np.float64 and got.shape == want.shape
             np.testing.assert_allclose(got, want, rtol=1e-12, err_msg=k)
         assert fast.n_equal[0, 1, 1] == 1 and fast.sorted_members is None
+        # the same fast path on tensors (the inline scorer on a GPU), checked on the CPU
+        fast_t = M.EnsembleAccumulator.from_members(
+            torch.from_numpy(fa), torch.from_numpy(y), member_axis=axis, keep_sorted=False
+        )
+        assert (
+            M._from_finite_members(torch.from_numpy(fa), torch.from_numpy(y), axis, None, False) is not None
+        )
+        for k in ("count", "mean", "m2", "abs_err_sum", "min_abs_err", "n_less", "n_equal"):
+            got_t = getattr(fast_t, k)
+            assert isinstance(got_t, torch.Tensor) and got_t.dtype == torch.float64
+            np.testing.assert_allclose(got_t.numpy(), getattr(ref, k).numpy(), rtol=1e-12, err_msg=k)
     fn = f.copy()
     fn[0, 0, 0, 0] = np.nan
     acc = M.EnsembleAccumulator.from_members(fn, y, keep_sorted=False)

@@ -106,3 +106,75 @@ def test_inline_spectra_and_keep_none(world, tmp_path):
     sn = xr.open_zarr(tmp_path / "none" / "scores.zarr").load()
     assert "ensemble_mean" not in sn
     np.testing.assert_array_equal(sn["crps"].values, sc["crps"].values)
+
+
+def _scores_by_path(world, tmp_path, monkeypatch, **over):
+    """Scores of the same run through the NumPy path, the device path (forced on the CPU) and the
+    device path on the scorer thread."""
+    import torch
+
+    from pipeline import engine
+
+    chosen: list[object] = []
+
+    def forced(cfg, device):
+        dev = torch.device("cpu") if cfg.inline.on_device else None
+        chosen.append(dev)
+        return dev
+
+    monkeypatch.setattr(engine, "score_device", forced)
+    inline = {"enabled": True, "spectra": True, "thresholds": {"z500": [54000.0, 54500.0]}, "memory_mb": 0.05}
+    common = dict(init_times=["2008-01-02T00", "2008-01-02T12"], lead_steps=2, inline=inline, **over)
+    runs = {}
+    for name, o in {
+        "numpy": {"inline": {**inline, "on_device": False}, "io_threads": 0},
+        "device": {"io_threads": 0},
+        "device_thread": {"io_threads": 1},
+    }.items():
+        chosen.clear()
+        run_forecast(base_config(world, **{**common, **o}), tmp_path / name)
+        assert chosen and all((d is None) == (name == "numpy") for d in chosen)
+        runs[name] = xr.open_zarr(tmp_path / name / "scores.zarr").load()
+    ref = runs["numpy"]
+    for name in ("device", "device_thread"):
+        got = runs[name]
+        assert set(got.data_vars) == set(ref.data_vars)
+        for v in ref.data_vars:
+            a, b = got[v].values, ref[v].values
+            if np.issubdtype(b.dtype, np.integer):
+                np.testing.assert_array_equal(a, b, err_msg=f"{name} {v}")
+            else:
+                np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-12, err_msg=f"{name} {v}")
+        # the stored members are the same bytes: only where the scores are reduced changed
+        for c in CH:
+            np.testing.assert_array_equal(
+                open_forecast(tmp_path / name)[c].values, open_forecast(tmp_path / "numpy")[c].values
+            )
+    return ref
+
+
+def test_inline_on_device_path_equals_numpy(world, tmp_path, monkeypatch):
+    """The device path of the inline scorer (torch reductions, spectra and CRPS sort where the model
+    runs; on a GPU run by default), forced here on the CPU, gives the NumPy path's scores to float64
+    rounding, synchronously and on the scorer thread; ``inline.on_device: false`` keeps NumPy."""
+    ref = _scores_by_path(world, tmp_path, monkeypatch)
+    ds, x, y = offline(tmp_path / "numpy", world["analysis"])
+    np.testing.assert_allclose(ref["crps"].values, crps_ensemble(x, y, member_axis=1), rtol=1e-5, atol=1e-12)
+
+
+def test_inline_on_device_path_with_nonfinite_members(world, tmp_path, monkeypatch):
+    """Members that blow up (NaN from the second lead) take the general torch path; same scores."""
+    import torch
+
+    from pipeline.testing import MEANS, STDS, ToyModel, write_toy_checkpoint
+
+    ana = xr.open_zarr(world["analysis"]).sel(time="2008-01-02T00")
+    a = torch.tensor(np.stack([ana[c].values for c in CH]))[None]
+    control = ToyModel(seed=5).step(a)[0, 0, 0, 0].item()
+    ck = str(
+        write_toy_checkpoint(tmp_path / "blowup", seed=5, nan_above=(control - MEANS["z500"]) / STDS["z500"])
+    )
+    pert = {"method": "gaussian", "n_pairs": 4, "alpha": 1.0}
+    ref = _scores_by_path(world, tmp_path, monkeypatch, checkpoints=[ck], perturbation=pert)
+    n = ref["n_members"].values
+    assert 1 <= n.min() < n[:, 0].max()  # some members dropped out, others scored
