@@ -350,3 +350,30 @@ def test_named_box_region(stores: tuple[Path, Path]) -> None:
         np.sqrt((se * w).sum((-2, -1)).mean(0) / w.sum()),
         rtol=1e-5,
     )
+
+
+@pytest.mark.parametrize("bias", [0.0, 1e3])
+def test_block_kernel_terms_against_references(bias: float) -> None:
+    """The scoring kernel's per-point terms (matrix-vector reductions, one-pass variance about the
+    observation) against properscoring, numpy's two-pass variance and plain counts, also when the
+    ensemble mean misses the observation by 1000x the spread (z500-sized values, float32 members)."""
+    from evaluation.score import _complete_block_terms
+
+    rng = np.random.default_rng(3)
+    y = 54000.0 + 100.0 * rng.normal(size=(4, 33))
+    x = (y[..., None] + bias + rng.normal(size=(4, 33, 64))).astype(np.float32)
+    x[0, 0, 5] = np.float32(y[0, 0])  # an exact tie, as far as float32 allows
+    y[0, 0] = float(x[0, 0, 5])
+    x64 = x.astype(np.float64)
+    for fair in (False, True):
+        skill, spread, mean_d, var, less, eq = _complete_block_terms(x, y, fair)
+        if not fair:
+            np.testing.assert_allclose(skill - 0.5 * spread, ps.crps_ensemble(y, x64), rtol=1e-10)
+        else:
+            ref = sr.crps_ensemble(y, x64, m_axis=-1, estimator="fair", backend="numpy")
+            np.testing.assert_allclose(skill - 0.5 * spread, ref, rtol=1e-10)
+        np.testing.assert_allclose(mean_d, x64.mean(-1) - y, rtol=1e-12, atol=1e-9)
+        np.testing.assert_allclose(var, x64.var(-1, ddof=1), rtol=1e-7)
+        np.testing.assert_array_equal(less, (x64 < y[..., None]).sum(-1))
+        np.testing.assert_array_equal(eq, (x64 == y[..., None]).sum(-1))
+        assert eq[0, 0] == 1 and eq.sum() == 1
