@@ -28,6 +28,11 @@ class ForecastModel(Protocol):
         Length of one :meth:`step`.
     device
         Where the parameters live; :meth:`step` accepts tensors on this device.
+
+    Optional, for a stochastic model: an attribute ``noise_channels`` (> 0) and a method
+    ``draw_noise(generators) -> (len(generators), K, lat, lon)`` drawing member ``i``'s noise only from
+    ``generators[i]``; the engine then calls ``step(x, time, noise)`` with fresh noise every step
+    (:class:`models.wrapper.SFNOForecastModel` with a ``noise:K:L`` feature).
     """
 
     channels: tuple[str, ...]

@@ -51,6 +51,18 @@ def train_command(
     mse_steps: int = typer.Option(
         None, "--mse-steps", help="Rollouts: grid MSE over the first N steps only (default: every step)."
     ),
+    loss: str = typer.Option(
+        "mse", "--loss", help="'mse' (deterministic) or 'crps' (a noise-driven member generator, fair CRPS)."
+    ),
+    ensemble_members: int = typer.Option(
+        2, "--ensemble-members", help="Members per window with --loss crps."
+    ),
+    noise_channels: int = typer.Option(
+        0, "--noise-channels", help="Noise input fields, fresh every step (stochastic model; --loss crps)."
+    ),
+    noise_lmax: int = typer.Option(
+        None, "--noise-lmax", help="Band limit of the noise, degrees < L (default: the network's --lmax)."
+    ),
     train_years: str = typer.Option("2000-2006", "--train-years", help="Training years, 'A-B' or 'A'."),
     valid_years: str = typer.Option(
         "2007", "--valid-years", help="Validation years (skill file), 'A-B' or 'A'."
@@ -88,6 +100,10 @@ def train_command(
         spectral_loss=spectral_loss,
         spectral_loss_kind=spectral_loss_kind,
         mse_steps=mse_steps,
+        loss=loss,
+        ensemble_members=ensemble_members,
+        noise_channels=noise_channels,
+        noise_lmax=noise_lmax,
         init_from=str(init_from) if init_from else None,
     )
     if seed is not None:

@@ -9,6 +9,14 @@ standard deviation of the 6-h tendency; with ``rollout_steps = K > 1`` the last 
 iterations unroll ``K`` steps and average the loss over them (multi-step fine-tuning, as in
 Keisler 2022 / Lam et al. 2023). AdamW with linear warm-up and cosine decay; gradient-norm clipping.
 
+``loss="crps"`` trains a member generator instead: the model gets ``noise_channels`` noise inputs
+(``noise:K:L`` feature, fresh at every step), each training window is rolled out as
+``ensemble_members`` members with independent noise, and the loss is the area-weighted fair CRPS
+(Ferro 2014) of those members in the same normalised units, ``mean|x_i - y| - sum_{i<j}|x_i - x_j| /
+(M (M - 1))``, per point (:func:`fair_crps_loss`; the scoring rule the ensemble is judged by, as in
+AIFS-CRPS, Lang et al. 2024). Fine-tuned from a deterministic checkpoint (``init_from``), the noise
+columns of the encoder start at zero, so training starts from that model.
+
 Resumability: every ``save_every`` iterations the full training state (weights, optimiser, the batch
 generator's RNG state, elapsed time) goes atomically to ``<out>/train_state.pt`` (tensors and plain
 types only, read back with ``torch.load(weights_only=True)``); a restart with the same configuration
@@ -51,7 +59,7 @@ from models.data import (
 )
 from models.sfno import internal_shape
 from models.skill import skill_table
-from models.wrapper import build_model
+from models.wrapper import build_model, feature_channels
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +98,10 @@ class TrainConfig:
     spectral_loss_kind: str = "error"  # "error": power of the error; "amse": amplitude + coherence;
     # "amplitude": amplitude only (no phase: rewards keeping each degree's power, not the mean)
     mse_steps: int | None = None  # rollouts: grid MSE over the first N steps only (None: every step)
+    loss: str = "mse"  # "mse" (deterministic) or "crps" (fair CRPS of ensemble_members noise-driven members)
+    ensemble_members: int = 2  # members per training window with loss="crps"
+    noise_channels: int = 0  # stochastic noise inputs (the noise:K:L feature); required by loss="crps"
+    noise_lmax: int | None = None  # band limit of the noise (degrees < L); default: the network's lmax
     init_from: str | None = None  # fine-tune: start from this checkpoint's weights (same architecture)
     init_from_sha256: str | None = None  # filled in by train(): the weights the run started from
 
@@ -147,7 +159,9 @@ def _start_from(cfg: TrainConfig, model: Any, channels: Sequence[str]) -> TrainC
     """Load ``cfg.init_from``'s weights into ``model`` (fine-tuning); returns ``cfg`` with their sha256.
 
     The source must have the same architecture, channels and inputs; its own normalisation is replaced
-    by this run's (same dataset, so the same numbers unless the training years differ).
+    by this run's (same dataset, so the same numbers unless the training years differ). A deterministic
+    source may start a stochastic run (``noise_channels``): its encoder gets zero columns for the noise
+    inputs, so the new model starts as the source.
     """
     from models.checkpoint import load_checkpoint
 
@@ -155,13 +169,45 @@ def _start_from(cfg: TrainConfig, model: Any, channels: Sequence[str]) -> TrainC
     src = load_checkpoint(cfg.init_from)
     if tuple(src.channels) != tuple(channels):
         raise UserError(f"--init-from {cfg.init_from}: channels {list(src.channels)} != {list(channels)}")
-    if src.net.config.to_dict() != model.net.config.to_dict():
+    extra = model.noise_channels - src.noise_channels
+    src_cfg = {**src.net.config.to_dict(), "in_chans": src.net.config.in_chans + extra}
+    plain = [f for f in model.features if not f.startswith("noise:")]
+    if (
+        src_cfg != model.net.config.to_dict()
+        or [f for f in src.features if not f.startswith("noise:")] != plain
+        or extra < 0
+        or (src.noise_channels and extra)
+    ):
         raise UserError(f"--init-from {cfg.init_from}: architecture differs from this run's")
+    sd = src.net.state_dict()
+    if extra:
+        enc = "encoder.weight"
+        w = sd[enc]
+        sd[enc] = torch.cat([w, torch.zeros((w.shape[0], extra, *w.shape[2:]), dtype=w.dtype)], dim=1)
     try:
-        model.net.load_state_dict(src.net.state_dict())
-    except RuntimeError as e:
+        model.net.load_state_dict(sd)
+    except (RuntimeError, KeyError) as e:
         raise UserError(f"--init-from {cfg.init_from}: weights do not fit this architecture ({e})") from None
     return dataclasses.replace(cfg, init_from_sha256=src.metadata["weights_sha256"])
+
+
+def fair_crps_loss(members: torch.Tensor, truth: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Area-weighted mean of the fair CRPS of ``members (M, B, C, lat, lon)`` against ``truth (B, C, lat,
+    lon)``: per point ``mean_i |x_i - y| - sum_{i<j} |x_i - x_j| / (M (M - 1))`` (Ferro 2014; unbiased
+    for the CRPS of the distribution the members are drawn from), then ``mean(crps * weights)``."""
+    m = members.shape[0]
+    if m < 2:
+        raise ValueError("the fair CRPS needs at least 2 members")
+    skill = (members - truth[None]).abs().mean(dim=0)
+    pairs = sum((members[i] - members[j]).abs() for i in range(m) for j in range(i + 1, m))
+    return ((skill - pairs / (m * (m - 1))) * weights).mean()
+
+
+def features_of(cfg: TrainConfig, lmax: int) -> tuple[str, ...]:
+    """The model's input features: ``cfg.features`` plus ``noise:K:L`` for a stochastic model."""
+    if not cfg.noise_channels:
+        return tuple(cfg.features)
+    return (*cfg.features, f"noise:{cfg.noise_channels}:{cfg.noise_lmax or lmax}")
 
 
 class SpectralLoss:
@@ -306,7 +352,7 @@ def architecture(cfg: TrainConfig, n_channels: int, nlat: int) -> dict[str, Any]
     h, _ = internal_shape(nlat, cfg.scale_factor)
     lmax = cfg.lmax or min(h, -(-3 * nlat // 4))
     mmax = cfg.mmax or lmax
-    n_feat = sum(2 if f == "doy" else 1 for f in cfg.features)
+    n_feat = feature_channels(features_of(cfg, lmax))
     return {
         "in_chans": n_channels + n_feat,
         "out_chans": n_channels,
@@ -358,6 +404,12 @@ def train(
         raise UserError("--rollout-iters needs --rollout-steps >= 2")
     if cfg.rollout_iters > cfg.steps:
         raise UserError("--rollout-iters cannot exceed --steps")
+    if cfg.loss not in ("mse", "crps"):
+        raise UserError(f"--loss must be mse or crps, not '{cfg.loss}'")
+    if cfg.noise_channels < 0 or (cfg.noise_lmax is not None and cfg.noise_lmax < 1):
+        raise UserError("--noise-channels must be >= 0 and --noise-lmax >= 1")
+    if cfg.loss == "crps" and (cfg.noise_channels < 1 or cfg.ensemble_members < 2):
+        raise UserError("--loss crps needs --noise-channels >= 1 and --ensemble-members >= 2")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     p = prepared if prepared is not None else prepare(cfg, dataset)
@@ -367,13 +419,14 @@ def train(
 
     init_gen = torch.Generator().manual_seed(int(cfg.seed))
     batch_gen = torch.Generator().manual_seed(int(cfg.seed) + 1_000_003)
+    noise_gen = torch.Generator().manual_seed(int(cfg.seed) + 2_000_003)
     model = build_model(
         arch,
         channels,
         lat,
         lon,
         p["stats"],
-        tuple(cfg.features),
+        features_of(cfg, arch["lmax"]),
         static_fields=p["static"],
         generator=init_gen,
     )
@@ -390,6 +443,8 @@ def train(
         net.load_state_dict(st["net"])
         opt.load_state_dict(st["opt"])
         batch_gen.set_state(st["rng"])
+        if "noise_rng" in st:
+            noise_gen.set_state(st["noise_rng"])
         start, elapsed = int(st["iteration"]), float(st["elapsed"])
         losses = [float(v) for v in st["losses"].tolist()]
         log.info("resuming %s at iteration %d/%d", out, start, cfg.steps)
@@ -411,6 +466,7 @@ def train(
                 "net": net.state_dict(),
                 "opt": opt.state_dict(),
                 "rng": batch_gen.get_state(),
+                "noise_rng": noise_gen.get_state(),
                 "elapsed": elapsed + time.perf_counter() - t0,
                 "losses": torch.tensor(losses, dtype=torch.float64),
             },
@@ -427,16 +483,23 @@ def train(
             ]
             for g in opt.param_groups:
                 g["lr"] = _lr_at(cfg, it)
-            x = data[idx]
+            crps = cfg.loss == "crps"
+            n_ens = cfg.ensemble_members if crps else 1
+            x = data[idx].repeat(n_ens, 1, 1, 1)  # member-major: member i is rows i*B ... (i+1)*B - 1
             n_mse = min(k, cfg.mse_steps or k)
             loss = torch.zeros(())
             for j in range(k):
-                tj = list(times[(idx + j).numpy()])
-                x = model.forward(x, tj)
-                if j < n_mse:
-                    loss = loss + _weighted_mse((x - data[idx + j + 1]) / tstd, w) / n_mse
+                tj = list(times[(idx + j).numpy()]) * n_ens
+                noise = model.draw_noise([noise_gen] * x.shape[0]) if model.noise_channels else None
+                x = model.forward(x, tj, noise)
+                y = data[idx + j + 1]
+                if crps:
+                    ens = (x / tstd).view(n_ens, len(idx), *x.shape[1:])
+                    loss = loss + fair_crps_loss(ens, y / tstd, w) / k
+                elif j < n_mse:
+                    loss = loss + _weighted_mse((x - y) / tstd, w) / n_mse
                 if spec_loss is not None:
-                    sl = spec_loss.term(cfg.spectral_loss_kind, x, data[idx + j + 1])
+                    sl = spec_loss.term(cfg.spectral_loss_kind, x, y.repeat(n_ens, 1, 1, 1))
                     loss = loss + cfg.spectral_loss * sl / k
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -473,7 +536,11 @@ def train(
             "final_loss": float(np.mean(losses[-20:])) if losses else None,
             "threads": torch.get_num_threads(),
             "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "loss_definition": "area-weighted MSE of (prediction - truth) / tendency_std",
+            "loss_definition": (
+                f"area-weighted fair CRPS of {cfg.ensemble_members} noise-driven members, in units of tendency_std"
+                if cfg.loss == "crps"
+                else "area-weighted MSE of (prediction - truth) / tendency_std"
+            ),
         },
         "code_version": code_version(),
         "torch_version": torch.__version__,

@@ -11,7 +11,12 @@ Pathak et al. 2022 / Bonev et al. 2023). Optional input features: ``doy`` adds t
 (the embedded world has a seasonal cycle); ``sinlat`` adds ``sin(latitude)`` (the Coriolis parameter's shape:
 the SFNO's layers are rotation-equivariant and would otherwise not know the latitude); ``static:<name>``
 adds a normalised static field such as the orography (it breaks the zonal symmetry where the
-mountains are).
+mountains are); ``noise:<K>:<L>`` (last) makes the model stochastic: ``K`` input fields of Gaussian
+noise with unit RMS, white in space up to degree ``L - 1`` (spherical-harmonic band limit), fresh at
+every step (a member generator trained with the fair CRPS, ``wxens train --loss crps``; docs/models.md).
+The noise comes from the caller (:meth:`SFNOForecastModel.draw_noise`, one generator per member:
+the engine's members stay reproducible alone); a step without noise uses zeros, the noise-free path
+(breeding, skill files).
 """
 
 from __future__ import annotations
@@ -26,6 +31,26 @@ import torch
 from models.sfno import SFNO, SFNOConfig
 
 DOY_PERIOD_DAYS = 365.25
+
+
+def parse_noise_feature(feature: str) -> tuple[int, int]:
+    """``"noise:K:L"`` -> ``(K, L)``: K noise fields band-limited to degrees ``< L``."""
+    try:
+        _, k, lmax = feature.split(":")
+        out = int(k), int(lmax)
+    except ValueError:
+        raise ValueError(f"bad noise feature {feature!r}: use noise:<channels>:<lmax>") from None
+    if out[0] < 1 or out[1] < 1:
+        raise ValueError(f"bad noise feature {feature!r}: channels and lmax must be >= 1")
+    return out
+
+
+def feature_channels(features: tuple[str, ...] | list[str]) -> int:
+    """Number of input channels the features add (``doy`` 2, ``noise:K:L`` K, others 1)."""
+    n = 0
+    for f in features:
+        n += 2 if f == "doy" else parse_noise_feature(f)[0] if f.startswith("noise:") else 1
+    return n
 
 
 def day_of_year_fraction(time: np.datetime64) -> float:
@@ -90,9 +115,18 @@ class SFNOForecastModel:
             if np.asarray(arr).shape != (c,):
                 raise ValueError(f"{name} must have shape ({c},)")
         n_static = sum(f.startswith("static:") for f in self.features)
-        unknown = [f for f in self.features if f not in ("doy", "sinlat") and not f.startswith("static:")]
+        unknown = [
+            f
+            for f in self.features
+            if f not in ("doy", "sinlat") and not f.startswith("static:") and not f.startswith("noise:")
+        ]
         if unknown:
             raise ValueError(f"unknown input features {unknown}")
+        noise = [f for f in self.features if f.startswith("noise:")]
+        if len(noise) > 1 or (noise and self.features[-1] != noise[0]):
+            raise ValueError("at most one noise:<K>:<L> feature, and it must come last")
+        self.noise_channels, self.noise_lmax = parse_noise_feature(noise[0]) if noise else (0, 0)
+        self._noise_proj: tuple[Any, Any, float] | None = None
         if n_static and (static_fields is None or static_fields.shape[0] != n_static):
             raise ValueError("static_fields must hold one field per static feature")
         expected_in = c + self.n_feature_channels
@@ -114,7 +148,7 @@ class SFNOForecastModel:
     # ------------------------------------------------------------------ protocol
     @property
     def n_feature_channels(self) -> int:
-        return sum(2 if f == "doy" else 1 for f in self.features)
+        return feature_channels(self.features)
 
     def to(self, device: torch.device | str) -> SFNOForecastModel:
         """Move parameters and statistics to ``device``; returns ``self``."""
@@ -125,25 +159,67 @@ class SFNOForecastModel:
         self._tstd = self._tstd.to(self.device)
         if self._static is not None:
             self._static = self._static.to(self.device)
+        self._noise_proj = None
         return self
 
-    def step(self, x: torch.Tensor, time: np.datetime64 | None = None) -> torch.Tensor:
-        """Advance ``(B, C, lat, lon)`` physical-unit states valid at ``time`` by one 6-h step."""
+    def step(
+        self, x: torch.Tensor, time: np.datetime64 | None = None, noise: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Advance ``(B, C, lat, lon)`` physical-unit states valid at ``time`` by one 6-h step.
+
+        ``noise``: ``(B, K, lat, lon)`` from :meth:`draw_noise` for a stochastic model (zeros if None)."""
         self._check_input(x)
         if "doy" in self.features and time is None:
             raise ValueError("this model uses day-of-year features: step() needs the valid time")
         self.net.eval()
         with torch.inference_mode(), self._autocast():
-            return self.forward(x, time)
+            return self.forward(x, time, noise)
+
+    # ------------------------------------------------------------------ stochastic inputs
+    def _projector(self) -> tuple[Any, Any, float]:
+        """SHT / inverse SHT to the noise band limit and the factor that gives unit RMS."""
+        if self._noise_proj is None:
+            from models.sht import GridInverseRealSHT, GridRealSHT
+
+            lat, nlon = self.latitude, self.longitude.size
+            lmax = min(self.noise_lmax, lat.size)
+            mmax = min(lmax, nlon // 2 + 1)
+            sht = GridRealSHT(lat, nlon, lmax, mmax).to(self.device)
+            isht = GridInverseRealSHT(lat, nlon, lmax, mmax).to(self.device)
+            # fixed reference draw: the same normalisation on every machine and for every batch
+            z = torch.randn((256, lat.size, nlon), generator=torch.Generator().manual_seed(0))
+            with torch.no_grad():
+                rms = float(isht(sht(z.to(self.device))).square().mean().sqrt())
+            self._noise_proj = (sht, isht, 1.0 / rms)
+        return self._noise_proj
+
+    def draw_noise(self, generators: list[torch.Generator | None]) -> torch.Tensor:
+        """``(len(generators), K, lat, lon)`` noise inputs on the model's device, member ``i`` drawn only
+        from ``generators[i]`` (CPU generators: the same values on any device; None: torch's global
+        generator): Gaussian, band-limited to degrees ``< L``, unit RMS on average."""
+        if not self.noise_channels:
+            raise ValueError("this model takes no noise inputs")
+        k, shape = self.noise_channels, (self.latitude.size, self.longitude.size)
+        z = torch.stack([torch.randn((k, *shape), generator=g) for g in generators]).to(self.device)
+        sht, isht, scale = self._projector()
+        # float32 transforms also inside a bf16 autocast region (the engine's bf16 rollouts)
+        with torch.no_grad(), torch.autocast(device_type=self.device.type, enabled=False):
+            return (isht(sht(z)) * scale).float()
 
     # ------------------------------------------------------------------ differentiable core
-    def forward(self, x: torch.Tensor, time: np.datetime64 | None | list) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, time: np.datetime64 | None | list, noise: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Differentiable one-step map in physical units (used by training).
 
-        ``time`` is one valid time for the whole batch or a sequence of one per batch member.
+        ``time`` is one valid time for the whole batch or a sequence of one per batch member; ``noise``
+        the stochastic inputs of a model with a ``noise:`` feature (zeros if None).
         """
+        if noise is not None and not self.noise_channels:
+            raise ValueError("this model takes no noise inputs")
         xn = (x.float() - self._mean) / self._std
-        inp = torch.cat([xn, self.feature_fields(time, x.shape[0])], dim=1) if self.features else xn
+        feats = self.feature_fields(time, x.shape[0], noise) if self.features else None
+        inp = torch.cat([xn, feats], dim=1) if feats is not None else xn
         dn = self.net(inp).float()
         return x.float() + dn * self._tstd
 
@@ -151,8 +227,11 @@ class SFNOForecastModel:
         """``(x - mu) / sigma`` per channel."""
         return (x - self._mean) / self._std
 
-    def feature_fields(self, time: np.datetime64 | None | list, batch: int) -> torch.Tensor:
-        """Extra input fields ``(B, F, lat, lon)`` for ``time`` (one value or one per batch member)."""
+    def feature_fields(
+        self, time: np.datetime64 | None | list, batch: int, noise: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Extra input fields ``(B, F, lat, lon)`` for ``time`` (one value or one per batch member);
+        the noise inputs last (``noise``, or zeros)."""
         nlat, nlon = self.latitude.size, self.longitude.size
         parts: list[torch.Tensor] = []
         if "doy" in self.features:
@@ -175,6 +254,16 @@ class SFNOForecastModel:
             parts.append(sl.view(1, 1, nlat, 1).expand(batch, 1, nlat, nlon))
         if self._static is not None:
             parts.append(self._static[None].expand(batch, -1, -1, -1))
+        if self.noise_channels:
+            if noise is None:
+                noise = torch.zeros((batch, self.noise_channels, nlat, nlon), device=self.device)
+            elif tuple(noise.shape) != (batch, self.noise_channels, nlat, nlon):
+                raise ValueError(
+                    f"noise must be ({batch}, {self.noise_channels}, {nlat}, {nlon}), got {tuple(noise.shape)}"
+                )
+            parts.append(noise.to(device=self.device, dtype=torch.float32))
+        elif noise is not None:
+            raise ValueError("this model takes no noise inputs")
         return torch.cat(parts, dim=1)
 
     # ------------------------------------------------------------------ helpers

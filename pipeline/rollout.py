@@ -144,18 +144,30 @@ def run_unit(
             delta = perturbation(model, analyses, list(times), gens).float()
             x = build_initial(analyses[-1].float(), delta, nonnegative)
         first_bad = np.full(x.shape[0], -1, dtype=np.int32)
+        # one stream per member and purpose, fixed by (run seed, init, checkpoint, pair, sign): the same
+        # member draws the same forcing and model noise in any block, so members stay reproducible alone
+        streams = [2 * int(p) + s for p in pairs for s in (0, 1)] if perturbation is not None else [0]
         fgens = None
         if forcing is not None:
-            # one stream per member, fixed by (run seed, init, checkpoint, pair, sign): the same member
-            # draws the same forcing in any block, so members stay reproducible alone
-            streams = [2 * int(p) + s for p in pairs for s in (0, 1)] if perturbation is not None else [0]
             fgens = [
                 seeds.generator(run_seed, init_time, checkpoint, k, purpose=seeds.PURPOSE_STOCHASTIC)
                 for k in streams[: x.shape[0]]
             ]
+        # a stochastic model (noise inputs, e.g. trained with the fair CRPS) gets fresh noise every step
+        ngens = None
+        if getattr(model, "noise_channels", 0):
+            ngens = [
+                seeds.generator(run_seed, init_time, checkpoint, k, purpose=seeds.PURPOSE_MODEL_NOISE)
+                for k in streams[: x.shape[0]]
+            ]
         for lead in range(lead_steps + 1):
             if lead > 0:
-                x = model.step(x, init_time + (lead - 1) * step).float()  # type: ignore[attr-defined]
+                t = init_time + (lead - 1) * step
+                if ngens is not None:
+                    noise = model.draw_noise(ngens)  # type: ignore[attr-defined]
+                    x = model.step(x, t, noise).float()  # type: ignore[attr-defined]
+                else:
+                    x = model.step(x, t).float()  # type: ignore[attr-defined]
                 if forcing is not None and fgens is not None:
                     ramp = forcing.ramp(lead)
                     if isinstance(ramp, torch.Tensor):

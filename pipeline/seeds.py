@@ -7,8 +7,9 @@ pair ``p`` of checkpoint ``k`` at init ``t`` is
 
 fed to ``torch.Generator("cpu").manual_seed``. ``t_seconds`` is the init time in whole seconds since
 1970-01-01 (offset by ``2**40`` so that times before 1970 stay non-negative); ``purpose`` separates
-independent uses (``PURPOSE_PERTURBATION`` = 0, ``PURPOSE_RANK_TIES`` = 1, ``PURPOSE_STOCHASTIC`` = 2,
-whose stream index is ``2 p`` for the plus member of pair ``p`` and ``2 p + 1`` for the minus member). Draws are made on the CPU
+independent uses (``PURPOSE_PERTURBATION`` = 0, ``PURPOSE_RANK_TIES`` = 1, ``PURPOSE_STOCHASTIC`` = 2 and
+``PURPOSE_MODEL_NOISE`` = 3 (the noise inputs of a stochastic model), whose stream index is ``2 p`` for
+the plus member of pair ``p`` and ``2 p + 1`` for the minus member). Draws are made on the CPU
 and moved to the device, so the random numbers do not depend on the device.
 """
 
@@ -20,6 +21,7 @@ import torch
 PURPOSE_PERTURBATION = 0
 PURPOSE_RANK_TIES = 1
 PURPOSE_STOCHASTIC = 2  # stochastic forcing; "pair" is 2 x pair + (1 for the minus member)
+PURPOSE_MODEL_NOISE = 3  # noise inputs of a stochastic model; "pair" as for PURPOSE_STOCHASTIC
 _TIME_OFFSET = 2**40
 
 

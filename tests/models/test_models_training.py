@@ -275,6 +275,12 @@ def test_cli_fine_tune_with_spectral_loss(tmp_path: Path, tiny_world, capsys) ->
     assert main(amp) == 0, capsys.readouterr().err
     meta = load_checkpoint(tmp_path / "amp").metadata["training"]
     assert (meta["spectral_loss_kind"], meta["mse_steps"]) == ("amplitude", 1)
+    crps = ["train", "--out", str(tmp_path / "crps"), "--steps", "2", "--rollout-steps", "2", "--rollout-iters", "2",
+            "--init-from", str(tmp_path / "base"), "--loss", "crps", "--ensemble-members", "3", "--noise-channels", "2",
+            "--noise-lmax", "6", *common]  # fmt: skip
+    assert main(crps) == 0, capsys.readouterr().err
+    m = load_checkpoint(tmp_path / "crps")
+    assert m.features[-1] == "noise:2:6" and m.metadata["training"]["ensemble_members"] == 3
     bad = ["train", "--out", str(tmp_path / "bad"), "--steps", "2", "--spectral-loss", "1", "--spectral-loss-kind", "l1",
            *common]  # fmt: skip
     assert main(bad) == 2
@@ -315,3 +321,77 @@ def test_cli_checkpoints_skill_matches_skill_table(
         np.testing.assert_allclose(got["climatology"][c], ref["climatology"][c], rtol=1e-6)
     assert main(["checkpoints", "skill", str(tmp_path / "ck"), "--dataset", str(data), "--channel", "nope",
                  "--years", "2001", "--clim-years", "2000", "--inits", "2", "--leads", "6"]) == 2  # fmt: skip
+
+
+def test_fair_crps_loss_matches_scoringrules() -> None:
+    """The training loss is the area-weighted fair CRPS of scoringrules' ``fair`` estimator."""
+    import scoringrules as sr
+
+    from models.train import fair_crps_loss
+
+    g = torch.Generator().manual_seed(0)
+    ens = torch.randn((5, 2, 3, 4, 6), generator=g, dtype=torch.float64)
+    y = torch.randn((2, 3, 4, 6), generator=g, dtype=torch.float64)
+    w = torch.rand((1, 1, 4, 1), generator=g, dtype=torch.float64)
+    ref = sr.crps_ensemble(
+        y.numpy(), np.moveaxis(ens.numpy(), 0, -1), m_axis=-1, estimator="fair", backend="numpy"
+    )
+    np.testing.assert_allclose(float(fair_crps_loss(ens, y, w)), float((ref * w.numpy()).mean()), rtol=1e-12)
+    with pytest.raises(ValueError, match="2 members"):
+        fair_crps_loss(ens[:1], y, w)
+
+
+def test_crps_member_generator_from_a_deterministic_checkpoint(tmp_path: Path, tiny_config, prepared) -> None:
+    """``loss="crps"`` with noise inputs, fine-tuned from a deterministic checkpoint: the noise columns
+    start at zero (zero iterations reproduce the source's forecasts for any noise), training moves
+    them, members then differ with the noise and equal the noise-free path without it."""
+    from models import load_checkpoint
+
+    base = tmp_path / "base"
+    train(tiny_config, base, prepared=prepared, progress=False)
+    src = load_checkpoint(base)
+    stoch = dict(loss="crps", noise_channels=3, noise_lmax=6, ensemble_members=3, init_from=str(base))
+    train(
+        dataclasses.replace(tiny_config, steps=0, **stoch),
+        tmp_path / "zero",
+        prepared=prepared,
+        progress=False,
+    )
+    m0 = load_checkpoint(tmp_path / "zero")
+    assert m0.features[-1] == "noise:3:6" and m0.noise_channels == 3
+    x = prepared["valid"].data[:4]
+    t = np.datetime64("2001-01-02T00")
+    noise = m0.draw_noise([torch.Generator().manual_seed(i) for i in range(4)])
+    torch.testing.assert_close(m0.step(x, t, noise), src.step(x, t), rtol=0, atol=0)
+    res = train(
+        dataclasses.replace(tiny_config, steps=4, **stoch),
+        tmp_path / "crps",
+        prepared=prepared,
+        progress=False,
+    )
+    assert all(np.isfinite(res.losses))
+    m1 = load_checkpoint(tmp_path / "crps")
+    meta = m1.metadata["training"]
+    assert meta["loss"] == "crps" and "fair CRPS of 3" in meta["loss_definition"]
+    enc = m1.net.encoder.weight
+    assert float(enc.detach()[:, -3:].abs().max()) > 0  # the noise columns were trained
+    a, b = m1.step(x, t, noise), m1.step(x, t, m1.draw_noise([torch.Generator().manual_seed(9)] * 4))
+    assert not torch.equal(a, b)
+    torch.testing.assert_close(m1.step(x, t), m1.step(x, t, torch.zeros_like(noise)), rtol=0, atol=0)
+    # resumed and deterministic: the same command twice gives the same weights
+    again = train(
+        dataclasses.replace(tiny_config, steps=4, **stoch),
+        tmp_path / "crps2",
+        prepared=prepared,
+        progress=False,
+    )
+    assert again.losses == res.losses
+    # bad combinations are one-line errors
+    with pytest.raises(UserError, match="noise-channels"):
+        train(
+            dataclasses.replace(tiny_config, loss="crps"), tmp_path / "bad", prepared=prepared, progress=False
+        )
+    with pytest.raises(UserError, match="--loss"):
+        train(
+            dataclasses.replace(tiny_config, loss="l1"), tmp_path / "bad2", prepared=prepared, progress=False
+        )

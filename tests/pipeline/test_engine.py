@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 import xarray as xr
 
 from data_catalog.errors import UserError
@@ -462,3 +463,53 @@ def test_writer_thread_error_fails_the_unit_unrecorded(world, tmp_path, monkeypa
     assert not list((run_dir / "manifest").glob("*.json"))
     monkeypatch.setattr(StoreWriter, "write_lead", real)
     assert run_forecast(cfg, run_dir)["complete"]  # the rerun computes the unit
+
+
+def _stochastic_sfno(path, lat, lon, zero_noise: bool = False):
+    """A small untrained SFNO checkpoint with 2 noise inputs (``noise:2:8``) on the test grid; with
+    ``zero_noise`` the same weights with the noise columns of the encoder set to zero."""
+    from models.checkpoint import save_checkpoint
+    from models.wrapper import build_model
+    from pipeline.testing import CHANNELS, MEANS, STDS
+
+    stats = {
+        "mean": np.array([MEANS.get(c, 0.0) for c in CHANNELS]),
+        "std": np.array([STDS.get(c, 1.0) for c in CHANNELS]),
+        "tendency_std": 0.05 * np.array([STDS.get(c, 1.0) for c in CHANNELS]),
+    }
+    arch = {"in_chans": len(CHANNELS) + 2, "out_chans": len(CHANNELS), "embed_dim": 8, "num_layers": 1,
+            "lmax": 8, "mmax": 8}  # fmt: skip
+    m = build_model(
+        arch, list(CHANNELS), lat, lon, stats, ("noise:2:8",), generator=torch.Generator().manual_seed(3)
+    )
+    with torch.no_grad():
+        m.net.encoder.weight[:, -2:] = 0.0 if zero_noise else 0.5
+    m.metadata = {"seed": 3}
+    skill = {"lead_hours": [48], "rmse": {c: [0.3 * STDS.get(c, 1.0)] for c in CHANNELS}}
+    return str(save_checkpoint(m, path, skill=skill))
+
+
+def test_stochastic_model_draws_per_member_noise(world, tmp_path):
+    """A model with noise inputs gets fresh noise per member and step from the member's own stream:
+    breeding uses the noise-free path (lead 0 equals the noise-free twin's), the rollout does not
+    (lead 1 differs), a member's values do not depend on its block, and regenerated members are
+    bitwise equal."""
+    ana = xr.open_zarr(world["analysis"])
+    lat, lon = ana.latitude.values, ana.longitude.values
+    noisy = _stochastic_sfno(tmp_path / "noisy", lat, lon)
+    quiet = _stochastic_sfno(tmp_path / "quiet", lat, lon, zero_noise=True)
+    common = dict(model_loader="models.checkpoint:load_checkpoint", init_times=["2008-01-02T00"], lead_steps=2,
+                  inline={"enabled": False}, perturbation={"method": "bred", "n_pairs": 4})  # fmt: skip
+    runs = {}
+    for name, ck, bs in (("noisy", noisy, 8), ("quiet", quiet, 8), ("noisy_b2", noisy, 2)):
+        run_forecast(base_config(world, checkpoints=[ck], batch_size=bs, **common), tmp_path / f"run-{name}")
+        runs[name] = (
+            open_forecast(tmp_path / f"run-{name}")["z500"].isel(time=0).values
+        )  # (member, lead, y, x)
+    a, q, b2 = runs["noisy"], runs["quiet"], runs["noisy_b2"]
+    assert np.all(np.isfinite(a))
+    np.testing.assert_array_equal(a[:, 0], q[:, 0])  # bred vectors come from the noise-free path
+    assert np.abs(a[:, 1] - q[:, 1]).max() > 1.0  # the rollout adds each member's noise
+    np.testing.assert_allclose(b2, a, rtol=1e-5, atol=1e-2)  # same noise per member in other blocks
+    again = regenerate_members(tmp_path / "run-noisy", [3, 6])
+    assert np.array_equal(again["z500"].isel(time=0).values, a[[3, 6]])
