@@ -15,10 +15,14 @@ from data_catalog.grid import area_weights
 from models.data import Block, month_index
 
 
-def rollout(model, x0: torch.Tensor, times0: np.ndarray, n_steps: int) -> torch.Tensor:
+def rollout(
+    model, x0: torch.Tensor, times0: np.ndarray, n_steps: int, noise_generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Batched autoregressive rollout ``(n_steps, B, C, lat, lon)`` from states ``x0`` at ``times0``.
 
     Each batch member has its own valid time (day-of-year features); runs under ``inference_mode``.
+    A stochastic model (``noise_channels``) gets fresh noise from ``noise_generator`` at every step,
+    or runs its noise-free path (zero noise) without one.
     """
     step = np.timedelta64(int(model.time_step.total_seconds()), "s")
     times = np.asarray(times0).astype("datetime64[s]")
@@ -27,7 +31,10 @@ def rollout(model, x0: torch.Tensor, times0: np.ndarray, n_steps: int) -> torch.
     x = x0.to(model.device)
     with torch.inference_mode(), model._autocast():
         for _ in range(n_steps):
-            x = model.forward(x, list(times))
+            noise = None
+            if noise_generator is not None and getattr(model, "noise_channels", 0):
+                noise = model.draw_noise([noise_generator] * x.shape[0])
+            x = model.forward(x, list(times), noise)
             times = times + step
             out.append(x)
     return torch.stack(out)

@@ -34,3 +34,27 @@ def test_noise_inputs_are_band_limited_unit_rms_and_per_generator() -> None:
         )
     with pytest.raises(ValueError, match="last"):
         build_model({**arch, "in_chans": 12}, ["a", "b", "c", "d"], lat, lon, stats, ("noise:5:10", "sinlat"))
+
+
+def test_rollout_draws_noise_only_with_a_generator() -> None:
+    """``models.skill.rollout``: a stochastic model runs its noise-free path without a generator (the
+    skill file) and fresh noise per step with one (reproducible from the generator's seed)."""
+    from models.skill import rollout
+    from models.wrapper import build_model
+
+    lat = np.linspace(87.1875, -87.1875, 32)
+    lon = np.arange(64) * 5.625
+    arch = {"in_chans": 3 + 2, "out_chans": 3, "embed_dim": 8, "num_layers": 1, "lmax": 8, "mmax": 8}
+    stats = {"mean": np.zeros(3), "std": np.ones(3), "tendency_std": np.ones(3)}
+    m = build_model(
+        arch, ["a", "b", "c"], lat, lon, stats, ("noise:2:8",), generator=torch.Generator().manual_seed(1)
+    )
+    x0 = torch.randn((2, 3, 32, 64), generator=torch.Generator().manual_seed(2))
+    t0 = np.array(["2000-01-01T00", "2000-06-01T00"], dtype="datetime64[s]")
+    quiet = rollout(m, x0, t0, 3)
+    zero = m.step(m.step(m.step(x0, None, torch.zeros(2, 2, 32, 64)), None), None)
+    torch.testing.assert_close(quiet[-1], zero, rtol=0, atol=0)
+    a = rollout(m, x0, t0, 3, noise_generator=torch.Generator().manual_seed(7))
+    b = rollout(m, x0, t0, 3, noise_generator=torch.Generator().manual_seed(7))
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert (a - quiet).abs().max() > 1e-3
