@@ -32,7 +32,7 @@ def rollout(
     with torch.inference_mode(), model._autocast():
         for _ in range(n_steps):
             noise = None
-            if noise_generator is not None and getattr(model, "noise_channels", 0):
+            if noise_generator is not None and int(getattr(model, "noise_channels", 0)) > 0:
                 noise = model.draw_noise([noise_generator] * x.shape[0])
             x = model.forward(x, list(times), noise)
             times = times + step
