@@ -72,6 +72,7 @@ def train_command(
     ),
     save_every: int = typer.Option(100, "--save-every", help="Iterations between resumable training states."),
     threads: int = typer.Option(None, "--threads", help="torch CPU threads."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda (train on the GPU)."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Train SFNO checkpoint(s) from scratch (or fine-tune with --init-from); rerunning the same command resumes an interrupted run."""
@@ -95,6 +96,7 @@ def train_command(
         features=tuple(f.strip() for f in features.split(",") if f.strip()),
         save_every=save_every,
         threads=threads,
+        device=device,
         train_years=_years(train_years, "--train-years"),
         valid_years=_years(valid_years, "--valid-years"),
         spectral_loss=spectral_loss,

@@ -94,6 +94,7 @@ class TrainConfig:
     skill_inits: int = 8
     skill_lead_steps: int = 40
     threads: int | None = None
+    device: str = "cpu"  # "cuda" trains on the GPU (same seed: same start, not bitwise the CPU's weights)
     spectral_loss: float = 0.0  # weight of the degree-normalised spectral error term (0: off)
     spectral_loss_kind: str = "error"  # "error": power of the error; "amse": amplitude + coherence;
     # "amplitude": amplitude only (no phase: rewards keeping each degree's power, not the mean)
@@ -115,7 +116,7 @@ class TrainConfig:
     def identity(self) -> dict[str, Any]:
         """The fields that must match for a training state to be resumed."""
         d = self.to_dict()
-        for k in ("save_every", "threads", "skill_inits", "skill_lead_steps", "init_from"):
+        for k in ("save_every", "threads", "skill_inits", "skill_lead_steps", "init_from", "device"):
             d.pop(k)
         return d
 
@@ -224,14 +225,14 @@ class SpectralLoss:
     def __init__(self, data: torch.Tensor, latitude: np.ndarray, lmax: int, n_ref: int = 256) -> None:
         from models.sht import GridRealSHT
 
-        self.sht = GridRealSHT(latitude, data.shape[-1], lmax, lmax).float()
+        self.sht = GridRealSHT(latitude, data.shape[-1], lmax, lmax).float().to(data.device)
         idx = torch.linspace(0, data.shape[0] - 1, min(n_ref, data.shape[0])).long()
         with torch.no_grad():
             ref = self.power(data[idx].float()).mean(dim=0)  # (C, L)
         # degrees counted: l >= 1 (the global mean is a constant of the data, exactly 0 for vorticity)
         # where the truth has power (above the data's own truncation it has ~none: nothing to compare)
         peak = ref[:, 1:].max(dim=1, keepdim=True).values
-        self.mask = (torch.arange(ref.shape[1]) >= 1)[None, :] & (ref > 1e-6 * peak)
+        self.mask = (torch.arange(ref.shape[1], device=ref.device) >= 1)[None, :] & (ref > 1e-6 * peak)
         self.ref = torch.where(self.mask, ref, torch.ones_like(ref))
 
     def power(self, x: torch.Tensor) -> torch.Tensor:
@@ -430,14 +431,18 @@ def train(
         static_fields=p["static"],
         generator=init_gen,
     )
-    net = model.net
     if cfg.init_from:
         cfg = _start_from(cfg, model, channels)
+    device = torch.device(cfg.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda requested but CUDA is not available")
+    model.to(device)  # weights drawn on the CPU first: the same start on any device
+    net = model.net
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start, elapsed, losses = 0, 0.0, []
     state_path = out / STATE
     if state_path.is_file():
-        st = _load_state(state_path)
+        st = _load_state(state_path)  # tensors on the CPU; load_state_dict moves them to the device
         if json.loads(st["config"]) != cfg.identity():
             raise UserError(f"{out} holds a training state for a different configuration; use another --out")
         net.load_state_dict(st["net"])
@@ -449,9 +454,9 @@ def train(
         losses = [float(v) for v in st["losses"].tolist()]
         log.info("resuming %s at iteration %d/%d", out, start, cfg.steps)
 
-    w = torch.as_tensor(area_weights(lat), dtype=torch.float32).view(1, 1, -1, 1)
+    w = torch.as_tensor(area_weights(lat), dtype=torch.float32, device=device).view(1, 1, -1, 1)
     tstd = model._tstd
-    data, times = train_b.data, train_b.times
+    data, times = train_b.data.to(device), train_b.times
     windows = {k: train_b.window_starts(k) for k in {1, cfg.rollout_steps}}
     spec_loss = SpectralLoss(data, lat, arch["lmax"]) if cfg.spectral_loss > 0 else None
     t0 = time.perf_counter()
@@ -517,6 +522,7 @@ def train(
                 callback(it, lv)
     seconds = elapsed + time.perf_counter() - t0
     net.eval()
+    model.to("cpu")  # skill file and checkpoint from the CPU
 
     model.metadata = {
         "seed": int(cfg.seed),

@@ -395,3 +395,16 @@ def test_crps_member_generator_from_a_deterministic_checkpoint(tmp_path: Path, t
         train(
             dataclasses.replace(tiny_config, loss="l1"), tmp_path / "bad2", prepared=prepared, progress=False
         )
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
+def test_train_on_cuda_without_cuda_is_one_error_line(tmp_path: Path, tiny_world, capsys) -> None:
+    from workflows.cli import main
+
+    data = tmp_path / "w.zarr"
+    tiny_world.to_zarr(data, mode="w", zarr_format=3)
+    args = ["train", "--dataset", str(data), "--train-years", "2000", "--valid-years", "2001", "--seed", "0",
+            "--embed-dim", "8", "--num-layers", "1", "--lmax", "8", "--steps", "1", "--features", "",
+            "--out", str(tmp_path / "c"), "--device", "cuda", "--no-progress"]  # fmt: skip
+    assert main(args) == 2
+    assert "CUDA is not available" in capsys.readouterr().err
