@@ -238,6 +238,16 @@ class CheckpointInfo:
     architecture: dict[str, Any]
     training_seconds: float | None
     skill: dict[str, Any] | None
+    features: tuple[str, ...] = ()
+
+    @property
+    def noise(self) -> str:
+        """``"K x l<L"`` for a stochastic model (``noise:K:L`` input), else ``"-"``."""
+        for f in self.features:
+            if f.startswith("noise:"):
+                _, k, lmax = f.split(":")
+                return f"{k} x l<{lmax}"
+        return "-"
 
     def rmse(self, channel: str, hours: int) -> float | None:
         """Validation RMSE of ``channel`` at ``hours`` lead, if recorded."""
@@ -280,6 +290,7 @@ def list_checkpoints(directory: str | Path) -> list[CheckpointInfo]:
                 architecture=dict(meta.get("architecture", {})),
                 training_seconds=meta.get("training", {}).get("seconds"),
                 skill=skill,
+                features=tuple(meta.get("features", ())),
             )
         )
     return out

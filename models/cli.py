@@ -149,7 +149,8 @@ def list_command(
 
     infos = list_checkpoints(directory)
     table = Table(title=f"checkpoints in {directory}")
-    for col in ("path", "seed", "width x depth", "lmax", "train s", "channel", "RMSE 48 h", "RMSE 120 h"):
+    cols = ("path", "seed", "width x depth", "lmax", "noise", "train s", "channel", "RMSE 48 h", "RMSE 120 h")
+    for col in cols:
         table.add_column(col)
     for info in infos:
         ch = channel or ("z500" if "z500" in info.channels else (info.channels[0] if info.channels else "-"))
@@ -163,6 +164,7 @@ def list_command(
             str(info.seed),
             f"{a.get('embed_dim', '?')} x {a.get('num_layers', '?')}",
             str(a.get("lmax", "?")),
+            info.noise,
             fmt(info.training_seconds),
             ch,
             fmt(info.rmse(ch, 48)),

@@ -281,6 +281,9 @@ def test_cli_fine_tune_with_spectral_loss(tmp_path: Path, tiny_world, capsys) ->
     assert main(crps) == 0, capsys.readouterr().err
     m = load_checkpoint(tmp_path / "crps")
     assert m.features[-1] == "noise:2:6" and m.metadata["training"]["ensemble_members"] == 3
+    assert main(["checkpoints", "list", str(tmp_path)]) == 0
+    listed = capsys.readouterr().out
+    assert "2 x l<6" in listed  # the stochastic checkpoint's noise column
     bad = ["train", "--out", str(tmp_path / "bad"), "--steps", "2", "--spectral-loss", "1", "--spectral-loss-kind", "l1",
            *common]  # fmt: skip
     assert main(bad) == 2
