@@ -26,6 +26,7 @@ import re
 import socket
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -501,12 +502,22 @@ class _Truth:
     def at_time(self, time: np.datetime64) -> np.ndarray | None:
         """``truth_at(time)``, from the block of the init read last when it holds ``time`` (the
         inline finalisation right after an init's last unit reads every lead again)."""
-        if self.init is not None and self.block:
-            dt = np.asarray(time).astype("datetime64[ns]") - np.asarray(self.init).astype("datetime64[ns]")
-            k = dt / np.asarray(self.plan.step).astype("timedelta64[ns]")
-            if float(k).is_integer() and int(k) in self.block:
-                return self.block[int(k)]
-        return truth_at(self.ds, self.plan, time)
+        return self.frozen()(time)
+
+    def frozen(self) -> Callable[[np.datetime64], np.ndarray | None]:
+        """:meth:`at_time` bound to the block held now: safe for a finalisation running on another
+        thread while the rollout moves on to the next init (which replaces ``self.block``)."""
+        init, block, ds, plan = self.init, self.block, self.ds, self.plan
+
+        def at(time: np.datetime64) -> np.ndarray | None:
+            if init is not None and block:
+                dt = np.asarray(time).astype("datetime64[ns]") - np.asarray(init).astype("datetime64[ns]")
+                k = dt / np.asarray(plan.step).astype("timedelta64[ns]")
+                if float(k).is_integer() and int(k) in block:
+                    return block[int(k)]
+            return truth_at(ds, plan, time)
+
+        return at
 
 
 def _truth_lead(ds: xr.Dataset, plan: Plan, init: np.datetime64, lead: int) -> np.ndarray | None:
@@ -597,6 +608,10 @@ def run_forecast(
         )
         cur_ckpt, model, pert, forcing = None, None, None, None
         done_members = 0
+        # with cores to spare (io_threads > 0), an init's finalisation (merge, CRPS sort) runs on its
+        # own thread while the rollout goes on with the next init
+        fin_pool = ThreadPoolExecutor(1, thread_name_prefix="wxens-final") if io_threads > 0 else None
+        fin_futs: list[Future] = []
         for unit in todo:
             lock = mf.UnitLock(run_dir, unit.name)
             if not lock.acquire():
@@ -671,16 +686,27 @@ def run_forecast(
                 lock.release()
             if scorer is not None and init_names[unit.init] <= mf.done_units(run_dir):
                 # this init's last unit: merge its scores now and delete its partials and spills
-                inl.ensure_final(
+                job = functools.partial(
+                    inl.ensure_final,
                     run_dir,
                     cfg.inline,
                     plan,
                     unit.init,
-                    truth.at_time,
+                    truth.frozen(),
                     keep=cfg.output.keep,
                     wait=False,
                     device=score_device(cfg, device),
                 )
+                if fin_pool is None:
+                    job()
+                else:
+                    fin_futs.append(fin_pool.submit(job))
+        if fin_pool is not None:
+            try:
+                for f in fin_futs:
+                    f.result()  # re-raises a finalisation's error
+            finally:
+                fin_pool.shutdown(wait=True)
     elapsed = time.time() - t0
     all_done = set(u.name for u in units) <= mf.done_units(run_dir)
     finalized = False

@@ -513,3 +513,39 @@ def test_stochastic_model_draws_per_member_noise(world, tmp_path):
     np.testing.assert_allclose(b2, a, rtol=1e-5, atol=1e-2)  # same noise per member in other blocks
     again = regenerate_members(tmp_path / "run-noisy", [3, 6])
     assert np.array_equal(again["z500"].isel(time=0).values, a[[3, 6]])
+
+
+def test_finalisation_thread_uses_its_own_init_and_reports_errors(world, tmp_path, monkeypatch):
+    """With cores to spare an init is finalised on its own thread while the next one rolls out: the
+    truth it reads is frozen at submission (the rollout replaces the cached block), and an error there
+    reaches the caller; a rerun then finishes the run."""
+    from pipeline import inline as inl
+    from pipeline.engine import Plan, _Truth
+
+    cfg = base_config(world, io_threads=1, lead_steps=2, init_times=["2008-01-02T00", "2008-01-03T00"])
+    ana = xr.open_zarr(world["analysis"])
+    run_forecast(cfg, tmp_path / "ok")
+    plan = Plan.from_json(json.loads((tmp_path / "ok" / "plan.json").read_text()))
+    t = _Truth(ana, plan)
+    t.for_init(plan.inits[0])
+    frozen = t.frozen()
+    t.for_init(plan.inits[1])  # the rollout moved on
+    when = plan.inits[0] + plan.step
+    np.testing.assert_array_equal(
+        frozen(when), np.stack([ana[c].sel(time=when).values for c in plan.channels])
+    )
+    assert t.block is not None and t.init == plan.inits[1]
+
+    real = inl.finalize_init
+
+    def broken(*a, **k):
+        raise OSError("no space left for the scores (simulated)")
+
+    monkeypatch.setattr(inl, "finalize_init", broken)
+    with pytest.raises(OSError, match="no space left"):
+        run_forecast(cfg, tmp_path / "broken")
+    monkeypatch.setattr(inl, "finalize_init", real)
+    assert run_forecast(cfg, tmp_path / "broken")["complete"]
+    a = xr.open_zarr(tmp_path / "ok" / "scores.zarr").load()
+    b = xr.open_zarr(tmp_path / "broken" / "scores.zarr").load()
+    xr.testing.assert_identical(a, b)
