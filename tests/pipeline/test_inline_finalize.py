@@ -106,7 +106,9 @@ def _spawn_killed(point: str, cfg_path, run_dir) -> int:
     ],
 )
 def test_kill_during_finalisation_resumes(reference_run, tmp_path, point):
-    cfg = reference_run["config"]
+    # synchronous finalisation (io_threads 0), so that the kill lands at a known unit count; with a
+    # finalisation thread the rollout may be a few units further (same invariants, other counts)
+    cfg = dict(reference_run["config"], io_threads=0)
     cfg_path = tmp_path / "cfg.json"
     cfg_path.write_text(json.dumps(cfg))
     run_dir = tmp_path / point
@@ -126,7 +128,9 @@ def test_kill_during_finalisation_resumes(reference_run, tmp_path, point):
     s = run_forecast(cfg, run_dir)
     # killed at init 0's finalisation, after 8 of 12 units (checkpoint-major); else after all 12
     assert s["complete"] and s["units_computed"] == (4 if point in ("marker", "cleanup") else 0)
-    assert digest(run_dir) == reference_run["digest"]
+    mine, ref = digest(run_dir), dict(reference_run["digest"])
+    mine.pop("attrs"), ref.pop("attrs")  # the stored config records io_threads
+    assert mine == ref
     assert_no_member_files(run_dir, cfg)
     assert verify(run_dir)["corrupted"] == {}
     np.testing.assert_array_equal(
