@@ -31,7 +31,11 @@ def train_command(
     steps: int = typer.Option(1000, "--steps", help="Optimiser iterations."),
     batch_size: int = typer.Option(16, "--batch-size"),
     lr: float = typer.Option(2e-3, "--lr", help="Peak learning rate (AdamW, cosine schedule)."),
-    rollout_steps: int = typer.Option(1, "--rollout-steps", help="Steps unrolled in fine-tuning."),
+    rollout_steps: str = typer.Option(
+        "1",
+        "--rollout-steps",
+        help="Steps unrolled in fine-tuning; several (20,120) alternate per iteration.",
+    ),
     rollout_iters: int = typer.Option(
         0, "--rollout-iters", help="Final iterations that use the unrolled loss."
     ),
@@ -91,7 +95,7 @@ def train_command(
         steps=steps,
         batch_size=batch_size,
         lr=lr,
-        rollout_steps=rollout_steps,
+        rollout_steps=_rollout_steps(rollout_steps),
         rollout_iters=rollout_iters,
         features=tuple(f.strip() for f in features.split(",") if f.strip()),
         save_every=save_every,
@@ -119,6 +123,18 @@ def train_command(
     for r in res:
         what = "already trained" if r.skipped else f"trained in {r.seconds:.0f} s"
         typer.echo(f"{r.path}: {what}")
+
+
+def _rollout_steps(text: str) -> int | tuple[int, ...]:
+    from data_catalog.errors import UserError
+
+    try:
+        vals = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise UserError(f"--rollout-steps: expected integers like 8 or 20,120, not '{text}'") from None
+    if not vals:
+        raise UserError("--rollout-steps: give at least one length")
+    return vals[0] if len(vals) == 1 else vals
 
 
 def _years(text: str, flag: str) -> tuple[int, int]:

@@ -7,7 +7,7 @@ Loss: latitude-weighted MSE in normalised units,
 with area weights ``w_i`` (mean 1, :func:`data_catalog.grid.area_weights`) and ``sigma_d`` the per-channel
 standard deviation of the 6-h tendency; with ``rollout_steps = K > 1`` the last ``rollout_iters``
 iterations unroll ``K`` steps and average the loss over them (multi-step fine-tuning, as in
-Keisler 2022 / Lam et al. 2023). AdamW with linear warm-up and cosine decay; gradient-norm clipping.
+Keisler 2022 / Lam et al. 2023); several lengths are cycled through, one per iteration. AdamW with linear warm-up and cosine decay; gradient-norm clipping.
 
 ``loss="crps"`` trains a member generator instead: the model gets ``noise_channels`` noise inputs
 (``noise:K:L`` feature, fresh at every step), each training window is rolled out as
@@ -85,7 +85,7 @@ class TrainConfig:
     weight_decay: float = 1e-5
     warmup_steps: int = 20
     grad_clip: float = 1.0
-    rollout_steps: int = 1
+    rollout_steps: int | tuple[int, ...] = 1  # several: cycled through, one length per iteration
     rollout_iters: int = 0
     train_years: tuple[int, int] = DEFAULT_TRAIN_YEARS
     valid_years: tuple[int, int] = DEFAULT_VALID_YEARS
@@ -190,6 +190,17 @@ def _start_from(cfg: TrainConfig, model: Any, channels: Sequence[str]) -> TrainC
     except (RuntimeError, KeyError) as e:
         raise UserError(f"--init-from {cfg.init_from}: weights do not fit this architecture ({e})") from None
     return dataclasses.replace(cfg, init_from_sha256=src.metadata["weights_sha256"])
+
+
+def rollout_lengths(cfg: TrainConfig) -> tuple[int, ...]:
+    """The rollout lengths of ``cfg`` (one, or several cycled through: ``--rollout-steps 20,120``
+    alternates 5-day and 30-day windows, e.g. so that a member generator trained on short windows
+    also sees the long rollouts it must stay stable over)."""
+    v = cfg.rollout_steps
+    out = tuple(int(x) for x in v) if isinstance(v, list | tuple) else (int(v),)
+    if not out or min(out) < 1:
+        raise UserError(f"--rollout-steps must be positive integers, not {v}")
+    return out
 
 
 def fair_crps_loss(members: torch.Tensor, truth: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -401,7 +412,8 @@ def train(
         )
     if cfg.mse_steps is not None and cfg.mse_steps < 1:
         raise UserError(f"--mse-steps must be >= 1, not {cfg.mse_steps}")
-    if cfg.rollout_iters and cfg.rollout_steps < 2:
+    lengths = rollout_lengths(cfg)
+    if cfg.rollout_iters and min(lengths) < 2:
         raise UserError("--rollout-iters needs --rollout-steps >= 2")
     if cfg.rollout_iters > cfg.steps:
         raise UserError("--rollout-iters cannot exceed --steps")
@@ -457,7 +469,7 @@ def train(
     w = torch.as_tensor(area_weights(lat), dtype=torch.float32, device=device).view(1, 1, -1, 1)
     tstd = model._tstd
     data, times = train_b.data.to(device), train_b.times
-    windows = {k: train_b.window_starts(k) for k in {1, cfg.rollout_steps}}
+    windows = {k: train_b.window_starts(k) for k in {1, *lengths}}
     spec_loss = SpectralLoss(data, lat, arch["lmax"]) if cfg.spectral_loss > 0 else None
     t0 = time.perf_counter()
     net.train()
@@ -481,7 +493,8 @@ def train(
     with bar:
         task = bar.add_task(f"train seed {cfg.seed}", total=cfg.steps, completed=start, loss=float("nan"))
         for it in range(start, cfg.steps):
-            k = cfg.rollout_steps if it >= cfg.steps - cfg.rollout_iters else 1
+            first = cfg.steps - cfg.rollout_iters
+            k = lengths[(it - first) % len(lengths)] if it >= first else 1
             starts = windows[k]
             idx = torch.from_numpy(starts)[
                 torch.randint(0, starts.size, (cfg.batch_size,), generator=batch_gen)

@@ -411,3 +411,63 @@ def test_train_on_cuda_without_cuda_is_one_error_line(tmp_path: Path, tiny_world
             "--out", str(tmp_path / "c"), "--device", "cuda", "--no-progress"]  # fmt: skip
     assert main(args) == 2
     assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_rollout_lengths_cycle_per_iteration(
+    tmp_path: Path, tiny_config, prepared, tiny_world, monkeypatch, capsys
+) -> None:
+    """``rollout_steps=(2, 3)``: the rollout iterations alternate 2- and 3-step windows (model calls
+    counted per iteration); the CLI takes ``--rollout-steps 2,3``; bad lists are one-line errors."""
+    from models.wrapper import SFNOForecastModel
+    from workflows.cli import main
+
+    calls: list[int] = []
+    real = SFNOForecastModel.forward
+
+    def counting(self, *a, **k):
+        calls.append(1)
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(SFNOForecastModel, "forward", counting)
+    per_it: list[int] = []
+
+    def cb(it: int, loss: float) -> None:
+        per_it.append(len(calls))
+        calls.clear()
+
+    cfg = dataclasses.replace(tiny_config, steps=5, rollout_steps=(2, 3), rollout_iters=4, skill_inits=1)
+    train(cfg, tmp_path / "cyc", prepared=prepared, progress=False, callback=cb)
+    assert per_it == [1, 2, 3, 2, 3]
+    monkeypatch.setattr(SFNOForecastModel, "forward", real)
+    with pytest.raises(UserError, match="positive"):
+        train(
+            dataclasses.replace(cfg, rollout_steps=(2, 0)),
+            tmp_path / "bad",
+            prepared=prepared,
+            progress=False,
+        )
+    data = tmp_path / "w.zarr"
+    tiny_world.to_zarr(data, mode="w", zarr_format=3)
+    common = ["train", "--dataset", str(data), "--train-years", "2000", "--valid-years", "2001", "--seed", "0",
+              "--embed-dim", "8", "--num-layers", "1", "--lmax", "8", "--features", "", "--no-progress"]  # fmt: skip
+    assert (
+        main(
+            [
+                *common,
+                "--out",
+                str(tmp_path / "cli"),
+                "--steps",
+                "2",
+                "--rollout-steps",
+                "2,3",
+                "--rollout-iters",
+                "2",
+            ]
+        )
+        == 0
+    )
+    from models import load_checkpoint
+
+    assert load_checkpoint(tmp_path / "cli").metadata["training"]["rollout_steps"] == [2, 3]
+    assert main([*common, "--out", str(tmp_path / "bad2"), "--rollout-steps", "2,x"]) == 2
+    assert "--rollout-steps" in capsys.readouterr().err
