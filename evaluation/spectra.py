@@ -203,8 +203,11 @@ def _from_torch(t: torch.Tensor, like: Any, dtype: Any) -> Any:
 
 
 @functools.lru_cache(maxsize=8)
-def _realsht(nlat: int, nlon: int, lmax: int, mmax: int, grid: str) -> th.RealSHT:
-    return th.RealSHT(nlat, nlon, lmax=lmax, mmax=mmax, grid=grid).to(torch.float64)
+def _realsht(nlat: int, nlon: int, lmax: int, mmax: int, grid: str, device: str = "cpu") -> th.RealSHT:
+    """One cached transform per device: ``Module.to`` moves in place, so a single cached module moved
+    to each caller's device would be pulled from under a thread using it on another device (the
+    inline scorer on a GPU beside the finalisation on the CPU)."""
+    return th.RealSHT(nlat, nlon, lmax=lmax, mmax=mmax, grid=grid).to(torch.float64).to(device)
 
 
 @dataclass(frozen=True)
@@ -292,7 +295,7 @@ def spherical_harmonic_coefficients(
     if method == "realsht":
         if grid.th_grid is None:
             raise UserError(f"torch-harmonics has no {grid.kind} grid; use method='legendre'")
-        sht = _realsht(nlat, nlon, lmax, mmax, grid.th_grid).to(x.device)
+        sht = _realsht(nlat, nlon, lmax, mmax, grid.th_grid, str(x.device))
         return sht(x), grid, "torch_harmonics.RealSHT"
     if method != "legendre":
         raise UserError(f"unknown spectrum method {method!r}")

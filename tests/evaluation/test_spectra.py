@@ -190,3 +190,16 @@ def test_zonal_spectrum_parseval_and_peak() -> None:
     np.testing.assert_allclose(zs.power.sum(-1), (np.mean(g**2, axis=-1) * w).sum(-1) / w.sum())
     assert np.all(zs.latitudes_used == lat)
     assert np.isinf(zs.wavelength_m[0]) and zs.wavelength_m[1] > zs.wavelength_m[2]
+
+
+def test_cached_transform_per_device_is_never_moved() -> None:
+    """The cached RealSHT is one module per device: a call for another device (here the meta device)
+    builds its own instead of moving the one a CPU caller (another thread) may be using."""
+    lat = np.linspace(87.1875, -87.1875, 32)
+    x = torch.randn(3, 32, 64, dtype=torch.float64)
+    ref = S.power_spectrum(x, lat).power
+    cpu = S._realsht(32, 64, 32, 32, "equiangular", "cpu")
+    meta = S._realsht(32, 64, 32, 32, "equiangular", "meta")
+    assert meta is not cpu and all(b.device.type == "cpu" for b in cpu.buffers())
+    assert all(b.device.type == "meta" for b in meta.buffers())
+    torch.testing.assert_close(S.power_spectrum(x, lat).power, ref, rtol=0, atol=0)
