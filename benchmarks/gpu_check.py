@@ -112,32 +112,44 @@ def bf16_check(analysis: str, device: torch.device, n_inits: int = 8) -> dict[st
     return out
 
 
+def _shipped_checkpoints() -> list[str]:
+    from models import pretrained_dir
+
+    return [str(p) for p in sorted(pretrained_dir("sphere-swe").glob("seed-*"))]
+
+
+def _engine_config(
+    analysis: str, device: torch.device, ckpts: list[str], n: int, **over: Any
+) -> dict[str, Any]:
+    """The check's forecast: shipped checkpoints, bred vectors (n members in all), 40 steps, one init."""
+    cfg: dict[str, Any] = {
+        "analysis": analysis,
+        "init_times": ["2008-01-15T00"],
+        "checkpoints": ckpts,
+        "perturbation": {"method": "bred", "n_pairs": max(1, n // (2 * len(ckpts))), "alpha": 0.1},
+        "lead_steps": 40,
+        "batch_size": max(1, n // len(ckpts)),
+        "device": device.type,
+        "seed": 0,
+        "progress": False,
+    }
+    return cfg | over
+
+
 def engine_throughput(
     analysis: str, device: torch.device, members: list[int], work: Path, emit: Callable[[dict], None]
 ) -> list[dict[str, Any]]:
     """``pipeline.run_forecast`` member-steps/s (float32 and bf16) with the shipped checkpoints."""
-    from models import pretrained_dir
     from pipeline import run_forecast
 
-    ckpts = [str(p) for p in sorted(pretrained_dir("sphere-swe").glob("seed-*"))]
+    ckpts = _shipped_checkpoints()
     rows = []
     for n in members:
         n_pairs = max(1, n // (2 * len(ckpts)))
         for bf16 in (False, True):
-            cfg: dict[str, Any] = {
-                "analysis": analysis,
-                "init_times": ["2008-01-15T00"],
-                "checkpoints": ckpts,
-                "perturbation": {"method": "bred", "n_pairs": n_pairs, "alpha": 0.1},
-                "lead_steps": 40,
-                "batch_size": max(1, n // len(ckpts)),
-                "device": device.type,
-                "bf16": bf16,
-                "seed": 0,
-                "progress": False,
-                "inline": {"enabled": False},
-                "output": {"dtype": "float32"},
-            }
+            cfg = _engine_config(
+                analysis, device, ckpts, n, bf16=bf16, inline={"enabled": False}, output={"dtype": "float32"}
+            )
             run_dir = work / f"run-{n}-{int(bf16)}"
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
@@ -162,28 +174,16 @@ def inline_throughput(
     gives the largest relative difference of the area-mean CRPS from the CPU-reduced run's."""
     import xarray as xr
 
-    from models import pretrained_dir
     from pipeline import run_forecast
 
-    ckpts = [str(p) for p in sorted(pretrained_dir("sphere-swe").glob("seed-*"))]
+    ckpts = _shipped_checkpoints()
     rows = []
     for n in members:
         n_pairs = max(1, n // (2 * len(ckpts)))
         ref = None
         for on_device in (False, True):
-            cfg: dict[str, Any] = {
-                "analysis": analysis,
-                "init_times": ["2008-01-15T00"],
-                "checkpoints": ckpts,
-                "perturbation": {"method": "bred", "n_pairs": n_pairs, "alpha": 0.1},
-                "lead_steps": 40,
-                "batch_size": max(1, n // len(ckpts)),
-                "device": device.type,
-                "seed": 0,
-                "progress": False,
-                "inline": {"enabled": True, "crps": True, "spectra": True, "on_device": on_device},
-                "output": {"keep": "none"},
-            }
+            inline = {"enabled": True, "crps": True, "spectra": True, "on_device": on_device}
+            cfg = _engine_config(analysis, device, ckpts, n, inline=inline, output={"keep": "none"})
             run_dir = work / f"inline-{n}-{int(on_device)}"
             t0 = time.perf_counter()
             s = run_forecast(cfg, run_dir)
