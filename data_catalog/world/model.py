@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -96,7 +98,19 @@ class WorldParams:
         return self.gravity * self.depth
 
 
-def seasonal_index(t_seconds: np.ndarray | float, p: WorldParams) -> np.ndarray:
+class _Seasons(Protocol):
+    """Any world's parameters with a seasonal cycle (this world's and :mod:`data_catalog.world.qg`'s)."""
+
+    @property
+    def winter_peak_day(self) -> float: ...
+
+
+class _Mountains(Protocol):
+    @property
+    def mountains(self) -> Sequence[Mountain]: ...
+
+
+def seasonal_index(t_seconds: np.ndarray | float, p: _Seasons) -> np.ndarray:
     """``c(t) = cos(2 pi (day - winter_peak_day) / 365.2425)``: +1 in northern winter, -1 in summer.
 
     ``t`` is in seconds since 2000-01-01T00.
@@ -142,7 +156,7 @@ def balanced_height(lat_deg: np.ndarray, c: np.ndarray, p: WorldParams, nfine: i
     return out + p.phi_bar
 
 
-def orography(lat_deg: np.ndarray, lon_deg: np.ndarray, p: WorldParams) -> np.ndarray:
+def orography(lat_deg: np.ndarray, lon_deg: np.ndarray, p: _Mountains) -> np.ndarray:
     """Surface height ``h_s`` (m) on a ``(lat, lon)`` grid: sum of Gaussian mountains."""
     la = np.deg2rad(np.asarray(lat_deg, dtype=np.float64))[:, None]
     lo = np.deg2rad(np.asarray(lon_deg, dtype=np.float64))[None, :]
