@@ -239,4 +239,85 @@ class ThreeLevelQG:
         return -0.5 * self.tr.mean(g.sum(dim=1))
 
 
-__all__ = ["QGParams", "ThreeLevelQG"]
+# ---------------------------------------------------------------------- diagnostics of the world
+
+
+def row_weights(model: ThreeLevelQG) -> np.ndarray:
+    """Area weights of the transform grid's rows, ``(nlat, 1)``, mean 1."""
+    w = np.cos(model.tr.lat.numpy())[:, None]
+    return w / w.mean()
+
+
+def weighted_rms(field: np.ndarray, w: np.ndarray) -> float:
+    """Area-weighted RMS of a ``(..., nlat, nlon)`` field."""
+    return float(np.sqrt(np.mean(w * field**2)))
+
+
+def attractor_state(model: ThreeLevelQG, seed: int = 11, spinup_days: float = 60.0, day: float = 300.0):
+    """A state on the attractor: ``spinup_days`` from the seeded initial jets, started at ``day``."""
+    t0 = np.full(1, day * DAY)
+    q0 = model.initial_state(t0, torch.Generator().manual_seed(seed))
+    return model.run(q0, t0, round(spinup_days * DAY / model.p.dt))
+
+
+def climate(model: ThreeLevelQG, q: torch.Tensor, t: np.ndarray, days: int = 80) -> dict:
+    """Daily geopotential over ``days`` from ``(q, t)``: per-level std over time (area mean of the
+    variance), 500 hPa anomaly autocorrelation at 1 and 3 days, strongest zonal-mean wind."""
+    spd = round(DAY / model.p.dt)
+    zs: list[np.ndarray] = []
+    umax: list[float] = []
+
+    def keep(k: int, qq: torch.Tensor, tt: np.ndarray) -> None:
+        zs.append(model.geopotential(qq)[0].numpy())
+        umax.append(float(model.winds(model.psi_from_q(qq))[0, :, 0].mean(-1).abs().max()))
+
+    q, t = model.run(q, t, days * spd, keep, spd)
+    z = np.array(zs)  # (day, level, lat, lon)
+    w = row_weights(model)
+    an = z - z.mean(axis=0)
+    var = np.mean(w * an.var(axis=0), axis=(-2, -1))
+
+    def lag(d: int) -> float:
+        a = an[:, 1]
+        return float(np.mean(w * (a[d:] * a[:-d]).mean(axis=0)) / var[1])
+
+    return {
+        "std": [float(v) for v in np.sqrt(var)],
+        "autocorr_1d": lag(1),
+        "autocorr_3d": lag(3),
+        "max_zonal_wind": max(umax),
+        "state": (q, t),
+    }
+
+
+def error_growth(
+    model: ThreeLevelQG, q: torch.Tensor, t: np.ndarray, days: int = 60, eps: float = 1e-3
+) -> dict:
+    """Twin runs from ``(q, t)``, one ``(1 + eps)`` times the other: daily RMS 500 hPa distance and
+    the e-folding time while it grows from 10 to 300 m2 s-2 (NaN if it never does)."""
+    spd = round(DAY / model.p.dt)
+    w = row_weights(model)
+    twin = q.repeat(2, 1, 1, 1)
+    twin[1] = twin[1] * (1 + eps)
+    dist: list[float] = []
+
+    def daily(k: int, qq: torch.Tensor, tt: np.ndarray) -> None:
+        g = model.geopotential(qq)[:, 1].numpy()
+        dist.append(weighted_rms(g[0] - g[1], w))
+
+    model.run(twin, np.repeat(t, 2), days * spd, daily, spd)
+    d = np.array(dist)
+    i0, i1 = int(np.argmax(d > 10.0)), int(np.argmax(d > 300.0))
+    efold = (i1 - i0) / math.log(d[i1] / d[i0]) if (d > 300.0).any() and i1 > i0 else float("nan")
+    return {"distance": dist, "efold_days": efold}
+
+
+__all__ = [
+    "QGParams",
+    "ThreeLevelQG",
+    "attractor_state",
+    "climate",
+    "error_growth",
+    "row_weights",
+    "weighted_rms",
+]

@@ -9,7 +9,15 @@ import numpy as np
 import torch
 
 from data_catalog.world.model import DAY
-from data_catalog.world.qg import QGParams, ThreeLevelQG
+from data_catalog.world.qg import (
+    QGParams,
+    ThreeLevelQG,
+    attractor_state,
+    climate,
+    error_growth,
+    row_weights,
+    weighted_rms,
+)
 
 
 def _random_psi(model: ThreeLevelQG, seed: int, scale: float = 1e7) -> torch.Tensor:
@@ -84,29 +92,27 @@ def test_flow_is_chaotic_on_its_own() -> None:
     ``sqrt(2)`` x the climatological standard deviation of the 500 hPa geopotential (within 25 %).
     Measured with the defaults: e-folding about 4-5 days (docs/world.md)."""
     m = ThreeLevelQG()
-    p = m.p
-    spd = round(DAY / p.dt)
-    gen = torch.Generator().manual_seed(11)
-    t0 = np.full(1, 300 * DAY)
-    q, t = m.run(m.initial_state(t0, gen), t0, 60 * spd)  # onto the attractor
-    w = np.cos(m.tr.lat.numpy())[:, None]
-    w = w / w.mean()
-    days: list[np.ndarray] = []
-    q, t = m.run(q, t, 80 * spd, lambda k, qq, tt: days.append(m.geopotential(qq)[0, 1].numpy()), spd)
-    z = np.array(days)
-    clim_std = float(np.sqrt(np.mean(w * z.var(axis=0))))
-    twin = q.repeat(2, 1, 1, 1)
-    twin[1] = twin[1] * (1 + 1e-3)
-    dist: list[float] = []
-
-    def daily(k: int, qq: torch.Tensor, tt: np.ndarray) -> None:
-        g = m.geopotential(qq)[:, 1].numpy()
-        dist.append(float(np.sqrt(np.mean(w * (g[0] - g[1]) ** 2))))
-
-    m.run(twin, np.repeat(t, 2), 60 * spd, daily, spd)
+    q, t = attractor_state(m)
+    cl = climate(m, q, t, days=80)
+    eg = error_growth(m, *cl["state"], days=60)
+    dist = eg["distance"]
     assert dist[29] > 100 * dist[0], dist
     saturated = float(np.mean(dist[-15:]))
-    assert 0.75 < saturated / (math.sqrt(2) * clim_std) < 1.25, (saturated, clim_std)
+    assert 0.75 < saturated / (math.sqrt(2) * cl["std"][1]) < 1.25, (saturated, cl["std"])
+    assert 2.0 < eg["efold_days"] < 8.0, eg["efold_days"]
+    # the upper level varies most (the jet and its eddies), the lowest least (Ekman drag)
+    assert cl["std"][0] > cl["std"][1] > cl["std"][2] > 0, cl["std"]
+
+
+def test_weighted_rms_of_a_constant_and_of_a_band() -> None:
+    """``weighted_rms`` is the area-weighted RMS: a constant field gives its value; a field that is 1
+    poleward of 30 degrees and 0 elsewhere gives ``sqrt(1 - sin 30)`` (area fraction 1/2) to the
+    Gaussian grid's resolution."""
+    m = ThreeLevelQG()
+    w = row_weights(m)
+    assert math.isclose(weighted_rms(np.full((m.p.nlat, m.p.nlon), 3.0), w), 3.0, rel_tol=1e-12)
+    band = (np.abs(m.lat_deg) > 30)[:, None] * np.ones((1, m.p.nlon))
+    assert abs(weighted_rms(band, w) - math.sqrt(0.5)) < 0.03
 
 
 def test_deterministic_and_seasonal() -> None:
