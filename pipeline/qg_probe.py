@@ -125,7 +125,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     model = ThreeLevelQG()
     q, t = attractor_state(model, spinup_days=args.spinup_days)
     cl = climate(model, q, t, days=args.climate_days)
-    eg = error_growth(model, *cl["state"], days=args.growth_days)
+    q, t = cl["state"]
+    eg = error_growth(model, q, t, days=args.growth_days)
     sat = float(np.mean(eg["distance"][-15:])) / (math.sqrt(2) * cl["std"][1])
     print(
         "geopotential std (200/500/800 hPa) "

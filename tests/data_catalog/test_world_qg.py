@@ -94,7 +94,8 @@ def test_flow_is_chaotic_on_its_own() -> None:
     m = ThreeLevelQG()
     q, t = attractor_state(m)
     cl = climate(m, q, t, days=80)
-    eg = error_growth(m, *cl["state"], days=60)
+    q, t = cl["state"]
+    eg = error_growth(m, q, t, days=60)
     dist = eg["distance"]
     assert dist[29] > 100 * dist[0], dist
     saturated = float(np.mean(dist[-15:]))
