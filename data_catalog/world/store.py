@@ -274,14 +274,23 @@ def build_world(
     path = Path(path)
     if path.exists():
         raise UserError(f"world store already exists: {path}")
-    path.parent.mkdir(parents=True, exist_ok=True)
     tic = time.perf_counter()
-    ds = simulate(years, start_year, seed, spinup_days, days, params)
+    write_world(simulate(years, start_year, seed, spinup_days, days, params), path)
+    log.info("built world %s in %.1f s", path, time.perf_counter() - tic)
+    return path
+
+
+def write_world(ds: xr.Dataset, path: Path) -> None:
+    """Write a simulated world as a zarr v3 store at ``path``: chunks of 120 times (30 days) x every
+    level x the full grid, written to a sibling temporary folder and renamed into place when complete."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     encoding: dict[str, dict[str, Any]] = {
-        v: {"chunks": (min(120, ds.sizes["time"]), len(OUT_LAT), len(OUT_LON))} for v in VARIABLES
+        str(v): {"chunks": (min(120, ds.sizes["time"]), *ds[v].shape[1:])}
+        for v in ds.data_vars
+        if "time" in ds[v].dims
     }
     encoding["time"] = {"units": "hours since 2000-01-01", "dtype": "int64"}
     try:
@@ -292,8 +301,6 @@ def build_world(
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    log.info("built world %s in %.1f s", path, time.perf_counter() - tic)
-    return path
 
 
 def is_complete(path: Path) -> bool:
