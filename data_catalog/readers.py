@@ -69,12 +69,19 @@ _METADATA_FILES = ("zarr.json", ".zgroup", ".zmetadata")
 
 
 def _builtin_store(name: str) -> str:
-    """Path of a builtin store; ``sphere-swe`` is built (and cached) by ``data_catalog.world``."""
+    """Path of a builtin store, built (and cached) on first use by ``data_catalog.world``: ``sphere-swe``
+    (shallow water) or ``qg3`` (three-level QG, :mod:`data_catalog.world.qg_store`)."""
     if name == "sphere-swe":
         from data_catalog.world import world_store  # lazy: heavy, and built on first use
 
         return str(world_store())
-    raise UserError(f"unknown builtin store 'builtin:{name}' (builtin stores: builtin:sphere-swe)")
+    if name == "qg3":
+        from data_catalog.world.qg_store import qg_world_store
+
+        return str(qg_world_store())
+    raise UserError(
+        f"unknown builtin store 'builtin:{name}' (builtin stores: builtin:sphere-swe, builtin:qg3)"
+    )
 
 
 def _is_url(s: str) -> bool:

@@ -22,7 +22,7 @@ import os
 import shutil
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -323,17 +323,29 @@ def _locked(lock_path: Path) -> Iterator[None]:
 def cached_world(build: bool = True, **spec_kwargs) -> Path:
     """Path of the cached world with the given :func:`simulate` arguments, building it if needed.
 
-    The store is ``cache_root() / f"{WORLD_VERSION}-{hash}.zarr"``. Concurrent callers are safe:
-    one builds under an exclusive ``fcntl`` lock, the others block on the lock and then reuse the
-    finished store. With ``build=False`` a missing store raises :class:`UserError`.
+    The store is ``cache_root() / f"{WORLD_VERSION}-{hash}.zarr"`` (see :func:`cached_store`).
+    """
+    spec = world_spec(**spec_kwargs)
+    return cached_store(
+        WORLD_VERSION, spec, lambda path: build_world(path, **spec_kwargs), build, "sphere-swe"
+    )
+
+
+def cached_store(
+    version: str, spec: dict, builder: Callable[[Path], object], build: bool = True, name: str = "sphere-swe"
+) -> Path:
+    """``cache_root() / f"{version}-{spec_hash(spec)}.zarr"``, built by ``builder(path)`` if missing.
+
+    Concurrent callers are safe: one builds under an exclusive ``fcntl`` lock, the others block on the
+    lock and then reuse the finished store. With ``build=False`` a missing store raises
+    :class:`UserError` (``name``: the ``builtin:`` name that builds it).
     """
     root = cache_root()
-    spec = world_spec(**spec_kwargs)
-    path = root / f"{WORLD_VERSION}-{spec_hash(spec)}.zarr"
+    path = root / f"{version}-{spec_hash(spec)}.zarr"
     if is_complete(path):
         return path
     if not build:
-        raise UserError(f"world store {path} is not built yet (call data_catalog.world.world_store())")
+        raise UserError(f"world store {path} is not built yet (open builtin:{name} once to build it)")
     with _locked(root / f"{path.name}.lock"):
         if is_complete(path):
             return path
@@ -342,7 +354,7 @@ def cached_world(build: bool = True, **spec_kwargs) -> Path:
         for stale in root.glob(f".{path.name}.tmp-*"):  # a builder that died; we hold the lock
             shutil.rmtree(stale, ignore_errors=True)
         log.info("building the embedded world into %s (first use)", path)
-        build_world(path, **spec_kwargs)
+        builder(path)
     return path
 
 

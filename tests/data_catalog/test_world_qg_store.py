@@ -79,3 +79,25 @@ def test_build_is_deterministic(store: Path, tmp_path: Path) -> None:
     for name in ("geopotential", "vorticity"):
         assert np.array_equal(a[name].values, b[name].values)
     assert a.attrs["world_hash"] == b.attrs["world_hash"]
+
+
+def test_builtin_qg3_is_cached_and_opens(
+    store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``qg_world_store`` builds once into ``$WXENS_CACHE`` and then reuses the store (no rebuild);
+    ``build=False`` on a missing store is a one-line error naming ``builtin:qg3``; ``builtin:qg3`` and
+    the catalog entry ``qg3`` open the world as 12 level channels."""
+    from data_catalog.world import qg_store
+
+    monkeypatch.setenv("WXENS_CACHE", str(tmp_path / "cache"))
+    tiny = {"years": 1, "days": 1, "spinup_days": 1.0}
+    with pytest.raises(UserError, match=r"not built yet \(open builtin:qg3"):
+        qg_store.qg_world_store(build=False, **tiny)
+    path = qg_store.qg_world_store(**tiny)
+    assert path.parent == tmp_path / "cache" and path.name.startswith("qg3-v1-")
+    stamp = (path / "zarr.json").stat().st_mtime_ns
+    assert qg_store.qg_world_store(**tiny) == path and (path / "zarr.json").stat().st_mtime_ns == stamp
+    monkeypatch.setattr(qg_store, "qg_world_store", lambda build=True: store)
+    for source in ("builtin:qg3", "qg3"):
+        ds = open_reanalysis(source)
+        assert "z500" in ds and "vo800" in ds and ds.sizes["time"] == 16
