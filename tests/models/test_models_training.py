@@ -471,3 +471,29 @@ def test_rollout_lengths_cycle_per_iteration(
     assert load_checkpoint(tmp_path / "cli").metadata["training"]["rollout_steps"] == [2, 3]
     assert main([*common, "--out", str(tmp_path / "bad2"), "--rollout-steps", "2,x"]) == 2
     assert "--rollout-steps" in capsys.readouterr().err
+
+
+def test_normalisation_statistics_match_numpy_over_chunks() -> None:
+    """``statistics`` (chunked float64 passes) equals the area-weighted mean, std and one-step
+    tendency std computed by NumPy on the whole block at once, whatever the chunk (boundaries of the
+    tendency pairs included), to 1e-12 relative."""
+    from models.data import Block, statistics
+
+    rng = np.random.default_rng(4)
+    scale = np.array([1.0, 50.0, 1e-5]).reshape(1, 3, 1, 1)
+    offset = np.array([0.0, 5e4, 0.0]).reshape(1, 3, 1, 1)
+    x = (rng.standard_normal((30, 3, 8, 16)) * scale + offset).astype(np.float32)
+    lat = np.linspace(-80, 80, 8)
+    w = np.cos(np.deg2rad(lat))
+    block = Block(torch.from_numpy(x), np.arange(30).astype("datetime64[h]"), np.zeros(0, dtype=int))
+    xd = x.astype(np.float64)
+    ww = w[None, None, :, None] * np.ones_like(xd)
+    mean = (xd * ww).sum(axis=(0, 2, 3)) / ww.sum(axis=(0, 2, 3))
+    std = np.sqrt(((xd - mean[None, :, None, None]) ** 2 * ww).sum(axis=(0, 2, 3)) / ww.sum(axis=(0, 2, 3)))
+    d = np.diff(xd, axis=0)
+    tstd = np.sqrt((d**2 * ww[1:]).sum(axis=(0, 2, 3)) / ww[1:].sum(axis=(0, 2, 3)))
+    for chunk in (256, 7, 29, 1):
+        s = statistics(block, w, chunk=chunk)
+        np.testing.assert_allclose(s["mean"], mean, rtol=1e-12, atol=1e-18)
+        np.testing.assert_allclose(s["std"], std, rtol=1e-12)
+        np.testing.assert_allclose(s["tendency_std"], tstd, rtol=1e-12)
