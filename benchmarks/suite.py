@@ -187,7 +187,7 @@ def _run_figure(name: str, ctx: Context, peak: dict[str, float], args: argparse.
         from benchmarks import huge
 
         members = [int(m) for m in args.huge_members.split(",")] if args.huge_members else None
-        return huge.run(ctx, members)
+        return huge.run(ctx, members, repeats=args.repeats)  # --repeats: rounds of the sizes
     if name == "storage":
         from benchmarks import storage
 
