@@ -40,6 +40,7 @@ __all__ = [
     "ReliabilityCurve",
     "RocCurve",
     "brier_score",
+    "crps_between_groups",
     "crps_components",
     "crps_ensemble",
     "energy_score",
@@ -302,6 +303,47 @@ def crps_ensemble(forecast: Array, obs: Array | float, member_axis: int = 0, fai
     """
     skill, spread = crps_components(forecast, obs, member_axis=member_axis, fair=fair)
     return skill - 0.5 * spread
+
+
+def crps_between_groups(forecast: Array, obs: Array | float, groups: Any, member_axis: int = 0) -> Array:
+    """Fair CRPS of a clustered ensemble, the spread term over pairs of members from *different* groups.
+
+    For ensembles built as groups x members (HENS: checkpoints x perturbations) the members are not
+    exchangeable, and the fair estimator of :func:`crps_ensemble` counts the small within-group
+    distances in its spread term. If the groups are independent draws (independently trained
+    checkpoints), two independent draws of the ensemble's distribution come from different groups, so
+    ``E|X - X'|`` is estimated without bias by the mean over cross-group pairs only:
+
+    ``CRPS = (1/m) sum_i |x_i - y| - (S - sum_g S_g) / (m^2 - sum_g m_g^2)``
+
+    with ``S`` (``S_g``) the pair sum ``sum_{i<j} |x_i - x_j|`` over all members (over group ``g``) and
+    ``m`` (``m_g``) the non-NaN member counts. With one member per group it equals the fair CRPS.
+    ``groups``: one label per member. NaN where fewer than two groups have a member.
+    """
+    dtype = _out_dtype(forecast)
+    f, y, point_shape = _flatten_points(forecast, obs, member_axis)
+    labels = np.asarray(groups)
+    if labels.shape != (int(f.shape[-1]),):
+        raise UserError(f"groups must have one label per member ({int(f.shape[-1])}), got shape {labels.shape}")
+    uniq = np.unique(labels)
+    rows = max(1, CHUNK_ELEMENTS // max(1, int(f.shape[-1])))
+    parts = []
+    for start in range(0, int(f.shape[0]), rows):
+        fc, yc = f[start : start + rows], _f64(y[start : start + rows])
+        m, skill_sum, pair_sum = _crps_sums(fc, yc)
+        within_pairs, within_sum, groups_with_members = 0.0 * m, 0.0 * m, 0.0 * m
+        for g in uniq:
+            idx = np.flatnonzero(labels == g)
+            cols = torch.as_tensor(idx, device=fc.device) if _is_torch(fc) else idx
+            mg, _, sg = _crps_sums(fc[:, cols], yc)
+            within_pairs = within_pairs + mg * mg
+            within_sum = within_sum + sg
+            groups_with_members = groups_with_members + (mg > 0)
+        cross = m * m - within_pairs
+        ok = (groups_with_members > 1) & ~_isnan(yc)
+        crps = skill_sum / _where(m > 0, m, 1.0) - (pair_sum - within_sum) / _where(ok, cross, 1.0)
+        parts.append(_where(ok, crps, float("nan")))
+    return _cast(_concat(parts, like=f).reshape(point_shape), dtype)
 
 
 # ----------------------------------------------------------------------------------------------------

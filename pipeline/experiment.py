@@ -31,6 +31,7 @@ import logging
 import shutil
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -187,8 +188,12 @@ def run_scores(run_dir: Path) -> dict[str, Any]:
     """Per-init area means of one engine run's inline scores: ``crps``, ``mse`` (of the ensemble
     mean), ``var`` (mean member variance), each ``(init, lead, channel)``; ``members``; leads; channels."""
     sc = xr.open_zarr(Path(run_dir) / "scores.zarr", decode_timedelta=True).load()
+    between = sc["crps_global"].values * np.nan
+    if "crps_between_checkpoints_global" in sc:
+        between = sc["crps_between_checkpoints_global"].values
     return {
         "crps": sc["crps_global"].values,
+        "crps_between": between,
         "mse": sc["ensemble_mean_rmse"].values ** 2,
         "var": sc["spread"].values ** 2,
         "members": int(sc["n_members"].max()),
@@ -242,6 +247,7 @@ def climatology_scores(
         out["var"][..., k] = amean(x.var(1, ddof=1))
     return {
         **out,
+        "crps_between": out["crps"],  # the years are independent draws: every pair is "between"
         "members": int(ens.sizes["number"]),
         "lead_hours": np.asarray(lead_hours, dtype=np.float64),
         "channels": channels,
@@ -271,9 +277,13 @@ def by_lead(s: dict[str, Any], centred: bool = False) -> dict[str, Any]:
             for k, c in enumerate(s["channels"])
         }
 
+    with warnings.catch_warnings():  # all-NaN (one checkpoint): None
+        warnings.simplefilter("ignore", RuntimeWarning)
+        between = np.nanmean(s["crps_between"], axis=0) if "crps_between" in s else crps * np.nan
     return {
         "members": m,
         "crps": per(crps),
+        "crps_between": per(between),
         "rmse_mean": per(rmse),
         "spread": per(spread),
         "spread_skill": per(ssr),
@@ -379,6 +389,7 @@ def legacy_summary(res: dict[str, Any]) -> dict[str, Any]:
             "members": f["members"],
             "lead_hours": [int(round(h)) for h in res["lead_hours"]],
             "crps": rounded(f["crps"], 6),
+            "crps_between_checkpoints": rounded(f.get("crps_between", {}), 6),
             "spread_skill": rounded(f["spread_skill"], 3),
             "rmse_mean": rounded(f["rmse_mean"], 6),
         }
@@ -438,6 +449,22 @@ def markdown(res: dict[str, Any], fig_prefix: str | None = None) -> str:
             cells += [_fmt(fc[k]["spread_skill"][c][j], 3) for k in fc]
             cells.append(_fmt(fc[RUNS[0]]["rmse_mean"][c][j]))
             lines.append(f"| {h[j]:g} | " + " | ".join(cells) + " |")
+        strat = [k for k in fc if any(v is not None for v in fc[k].get("crps_between", {}).get(c, []))]
+        if strat:
+            lines += [
+                "",
+                "Fair CRPS with the spread term over pairs of members from *different* checkpoints "
+                "(`evaluation.metrics.crps_between_groups`; undefined for one checkpoint):",
+                "",
+                "| lead (h) | " + " | ".join(f"CRPS* {short[k]}" for k in strat) + " |",
+                "|---" * (len(strat) + 1) + "|",
+            ]
+            for j in rows:
+                vals = [fc[k]["crps_between"][c][j] for k in strat]
+                finite = [v for v in vals if v is not None]
+                best = min(finite) if finite else None
+                cells = [(f"**{_fmt(v)}**" if v is not None and v == best else _fmt(v)) for v in vals]
+                lines.append(f"| {h[j]:g} | " + " | ".join(cells) + " |")
         if fig_prefix is not None:
             lines += [
                 "",

@@ -346,6 +346,11 @@ def _template(path: Path, plan: Any, icfg: Any, keep: str, nd: int) -> None:
         ),
         "member_rmse": (("time", "number", "prediction_timedelta", "channel"), np.float64, (nt, nm, nl, nc)),
         "crps_global": (("time", "prediction_timedelta", "channel"), np.float64, (nt, nl, nc)),
+        "crps_between_checkpoints_global": (
+            ("time", "prediction_timedelta", "channel"),
+            np.float64,
+            (nt, nl, nc),
+        ),
         "ensemble_mean_rmse": (("time", "prediction_timedelta", "channel"), np.float64, (nt, nl, nc)),
         "spread": (("time", "prediction_timedelta", "channel"), np.float64, (nt, nl, nc)),
         "spread_skill_ratio": (("time", "prediction_timedelta", "channel"), np.float64, (nt, nl, nc)),
@@ -382,6 +387,8 @@ def _template(path: Path, plan: Any, icfg: Any, keep: str, nd: int) -> None:
     ds.attrs = {
         "title": "wxens inline ensemble scores",
         "crps": "fair CRPS (Ferro 2014), per point",
+        "crps_between_checkpoints_global": "area mean of the fair CRPS with its spread term over pairs of "
+        "members of different checkpoints (evaluation.metrics.crps_between_groups); NaN with one checkpoint",
         "spread_skill_ratio": "sqrt((M+1)/M) spread / RMSE of the ensemble mean (Fortin et al. 2014)",
         "wxens_plan": json.dumps(plan.to_json()),
     }
@@ -453,7 +460,7 @@ def finalize_init(
     delete the init's partials and spills. Not locked here: see :func:`ensure_final`. ``device``: where
     the per-point CRPS sorts the members (None: NumPy on the CPU; a GPU: each band's float32 members
     are copied there and scored in float64)."""
-    from evaluation.metrics import crps_ensemble
+    from evaluation.metrics import crps_between_groups, crps_ensemble
 
     run_dir = Path(run_dir)
     _ensure_template(run_dir, plan, icfg, keep)
@@ -467,6 +474,7 @@ def finalize_init(
     rank_hist = np.zeros((nl, nc, nm + 1), np.int64)
     member_rmse = np.full((nm, nl, nc), np.nan)
     crps_g = np.full((nl, nc), np.nan)
+    crps_between_g = np.full((nl, nc), np.nan)
     mse = np.full((nl, nc), np.nan)
     spread = np.full((nl, nc), np.nan)
     spec_m = np.full((nl, nc, nd), np.nan)
@@ -485,6 +493,13 @@ def finalize_init(
         if icfg.crps
         else []
     )
+    # checkpoint of each spilled member, in the band's member order (spills of the init's units)
+    labels = (
+        np.concatenate([np.full(sp.shape[2], u.checkpoint) for u, sp in zip(mine, spills, strict=True)])
+        if spills
+        else np.zeros(0, np.int64)
+    )
+    between = len(np.unique(labels)) > 1
     for lead in range(nl):
         y = truth(plan.inits[i] + lead * plan.step)
         if y is None or not all((run_dir / _lead_file(u.name, lead)).is_file() for u in mine):
@@ -527,6 +542,7 @@ def finalize_init(
             )
         if icfg.crps:
             crps = np.full((nc, ny, nx), np.nan)
+            crps_b = np.full((nc, ny, nx), np.nan)
             for r0 in range(0, ny, rows):
                 r1 = min(ny, r0 + rows)
                 # the init's members of one band, C order, scored in float64 (differences of large
@@ -540,12 +556,19 @@ def finalize_init(
                 yb = y[:, r0 : r0 + rows].astype(np.float64)
                 if device is None:
                     crps[:, r0 : r0 + rows] = crps_ensemble(band, yb, member_axis=0, fair=True)
+                    if between:
+                        crps_b[:, r0 : r0 + rows] = crps_between_groups(band, yb, labels, member_axis=0)
                 else:
                     bt = torch.from_numpy(band).to(device).double()
-                    crps_t = crps_ensemble(bt, torch.from_numpy(yb).to(device), member_axis=0, fair=True)
-                    crps[:, r0 : r0 + rows] = crps_t.cpu().numpy()
+                    yt = torch.from_numpy(yb).to(device)
+                    crps[:, r0 : r0 + rows] = crps_ensemble(bt, yt, member_axis=0, fair=True).cpu().numpy()
+                    if between:
+                        crps_b[:, r0 : r0 + rows] = (
+                            crps_between_groups(bt, yt, labels, member_axis=0).cpu().numpy()
+                        )
             g["crps"][i, lead] = crps.astype(np.float32)
             crps_g[lead] = amean(crps)
+            crps_between_g[lead] = amean(crps_b)
     # the init's chunks reach the disk before the marker that lets its spills go
     for arr in (run_dir / PARTIAL).iterdir():
         if (arr / "c" / str(i)).is_dir():
@@ -558,6 +581,7 @@ def finalize_init(
             "rank_histogram": rank_hist,
             "member_rmse": member_rmse,
             "crps_global": crps_g,
+            "crps_between_checkpoints_global": crps_between_g,
             "mse": mse,
             "spread": spread,
             "power_spectrum_members": spec_m,
@@ -634,6 +658,8 @@ def finalize(
         g["rank_histogram"][...] = st["rank_histogram"]
         g["member_rmse"][...] = st["member_rmse"]
         g["crps_global"][...] = st["crps_global"]
+        if "crps_between_checkpoints_global" in st and "crps_between_checkpoints_global" in g:
+            g["crps_between_checkpoints_global"][...] = st["crps_between_checkpoints_global"]
         g["ensemble_mean_rmse"][...] = np.sqrt(st["mse"])
         g["spread"][...] = st["spread"]
         g["spread_skill_ratio"][...] = ssr

@@ -436,3 +436,47 @@ def test_region_mean_numpy_torch(rng: np.random.Generator) -> None:
     np.testing.assert_allclose(
         region_mean(np.moveaxis(x, 0, -1), lat, lon, "tropics", 0, 1), region_mean(x, lat, lon, "tropics")
     )
+
+
+def test_crps_between_groups_brute_force_and_limits() -> None:
+    """``crps_between_groups`` equals the brute-force ``mean|x - y| - 0.5 mean_{g(i) != g(j)} |x_i - x_j|``
+    (NaN members dropped, unequal groups, numpy and torch); with one member per group it is the fair
+    CRPS; and for a clustered ensemble (4 groups x 4 members a hair apart) it equals the fair CRPS of one
+    member per group, which the all-pairs fair CRPS of the 16 members overstates."""
+    from evaluation.metrics import crps_between_groups, crps_ensemble
+
+    rng = np.random.default_rng(8)
+    groups = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2, 3])
+    x = rng.standard_normal((10, 5, 7)) * 2.0
+    x[1, 0, 0] = np.nan
+    x[[3, 4], 2, 3] = np.nan  # a whole group missing at one point
+    x[:, 4, 6] = np.nan  # every member missing
+    x[[0, 1, 2, 5, 6, 7, 8, 9], 1, 1] = np.nan  # only group 1 left: undefined
+    y = rng.standard_normal((5, 7))
+    got = crps_between_groups(x, y, groups)
+    expect = np.full((5, 7), np.nan)
+    for i in range(5):
+        for j in range(7):
+            v = x[:, i, j]
+            ok = ~np.isnan(v)
+            if len(set(groups[ok])) < 2:
+                continue
+            vv, gg = v[ok], groups[ok]
+            cross = [abs(a - b) for a, ga in zip(vv, gg, strict=True) for b, gb in zip(vv, gg, strict=True) if ga != gb]
+            expect[i, j] = np.mean(np.abs(vv - y[i, j])) - 0.5 * np.mean(cross)
+    np.testing.assert_allclose(got, expect, rtol=1e-12, atol=1e-12, equal_nan=True)
+    assert np.isnan(got[1, 1]) and np.isnan(got[4, 6]) and np.isfinite(got[2, 3])
+    torch_got = crps_between_groups(torch.from_numpy(x), torch.from_numpy(y), groups)
+    np.testing.assert_allclose(torch_got.numpy(), expect, rtol=1e-12, atol=1e-12, equal_nan=True)
+    one_each = x[[0, 3, 5, 9]]
+    np.testing.assert_allclose(
+        crps_between_groups(one_each, y, [0, 1, 2, 3]), crps_ensemble(one_each, y, fair=True), rtol=1e-12
+    )
+    centres = rng.standard_normal((4, 200)) * 3.0
+    clustered = np.repeat(centres, 4, axis=0) + 1e-9 * rng.standard_normal((16, 200))
+    obs = rng.standard_normal(200)
+    ref = crps_ensemble(centres, obs, fair=True)
+    np.testing.assert_allclose(crps_between_groups(clustered, obs, np.repeat(np.arange(4), 4)), ref, atol=1e-8)
+    assert np.mean(crps_ensemble(clustered, obs, fair=True)) > np.mean(ref) + 0.1
+    with pytest.raises(UserError, match="one label per member"):
+        crps_between_groups(x, y, groups[:-1])

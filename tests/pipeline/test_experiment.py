@@ -115,8 +115,21 @@ def test_engine_runs_match_their_inline_scores(run):
             assert f["spread_skill"][c][0] is None  # lead 0: centred on the analysis, undefined
             if name != "c_ckpts_only":  # +/- pairs centred on the analysis: no spread-free lead 0
                 assert f["crps"][c][0] > 0
+            # the checkpoint-stratified CRPS: the inline area means; undefined for one checkpoint;
+            # with one member per checkpoint ((c)) it is the fair CRPS
+            between = sc["crps_between_checkpoints_global"].values[:, :, k].mean(0)
+            got = np.array([np.nan if v is None else v for v in f["crps_between"][c]])
+            if name == "b_bred_x_1ckpt":
+                assert np.all(np.isnan(got)) and np.all(np.isnan(between))
+            else:
+                np.testing.assert_allclose(got, between, rtol=1e-12)
+            if name == "c_ckpts_only":
+                np.testing.assert_allclose(got[1:], np.asarray(f["crps"][c][1:]), rtol=1e-5)
     # unperturbed checkpoints all start on the analysis
     assert all(v[0] == 0.0 for v in res["forecasts"]["c_ckpts_only"]["crps"].values())
+    # the probabilistic climatology's years are independent: its stratified CRPS is its fair CRPS
+    e = res["forecasts"]["e_probclim"]
+    assert e["crps_between"] == e["crps"]
 
 
 def test_table_target_and_publish(run):
@@ -124,7 +137,8 @@ def test_table_target_and_publish(run):
     md = (run["out"] / "results.md").read_text()
     for c in res["channels"]:
         assert f"**{c}**" in md and f"![CRPS vs lead, {c}](figures/crps_{c}.png)" in md
-    assert md.count("| 24 | ") == len(res["channels"])  # daily rows only
+    assert md.count("| 24 | ") == 2 * len(res["channels"])  # daily rows only (CRPS and CRPS* tables)
+    assert md.count("| lead (h) | CRPS* (a) | CRPS* (c) | CRPS* (d) | CRPS* (e) |") == len(res["channels"])
     assert "| 6 | " not in md
     for c, t in res["target"].items():
         assert t["pass"] == (t["crps_lowest"] and t["ssr_in_range"])

@@ -7,7 +7,7 @@ import numpy as np
 import xarray as xr
 
 from data_catalog.grid import area_weights
-from evaluation.metrics import crps_ensemble
+from evaluation.metrics import crps_between_groups, crps_ensemble
 from pipeline import open_forecast, run_forecast
 from tests.pipeline.conftest import base_config
 
@@ -69,6 +69,13 @@ def test_inline_equals_offline(reference_run, world):
     np.testing.assert_allclose(sc["member_rmse"].values, rmse, rtol=1e-5)
     crps_g = (crps_off.mean(-1) * w).mean(-1)
     np.testing.assert_allclose(sc["crps_global"].values, crps_g, rtol=1e-5)
+    # the checkpoint-stratified fair CRPS (spread over pairs of members of different checkpoints)
+    ckpt = ds["checkpoint"].values
+    assert len(np.unique(ckpt)) > 1
+    between = crps_between_groups(x, y, ckpt, member_axis=1)
+    np.testing.assert_allclose(
+        sc["crps_between_checkpoints_global"].values, (between.mean(-1) * w).mean(-1), rtol=1e-5
+    )
     skill = np.sqrt((((mean - y) ** 2).mean(-1) * w).mean(-1))
     spread = np.sqrt((x.var(1, ddof=1).mean(-1) * w).mean(-1))
     np.testing.assert_allclose(
