@@ -324,7 +324,9 @@ def crps_between_groups(forecast: Array, obs: Array | float, groups: Any, member
     f, y, point_shape = _flatten_points(forecast, obs, member_axis)
     labels = np.asarray(groups)
     if labels.shape != (int(f.shape[-1]),):
-        raise UserError(f"groups must have one label per member ({int(f.shape[-1])}), got shape {labels.shape}")
+        raise UserError(
+            f"groups must have one label per member ({int(f.shape[-1])}), got shape {labels.shape}"
+        )
     uniq = np.unique(labels)
     rows = max(1, CHUNK_ELEMENTS // max(1, int(f.shape[-1])))
     parts = []

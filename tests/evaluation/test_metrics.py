@@ -462,7 +462,12 @@ def test_crps_between_groups_brute_force_and_limits() -> None:
             if len(set(groups[ok])) < 2:
                 continue
             vv, gg = v[ok], groups[ok]
-            cross = [abs(a - b) for a, ga in zip(vv, gg, strict=True) for b, gb in zip(vv, gg, strict=True) if ga != gb]
+            cross = [
+                abs(a - b)
+                for a, ga in zip(vv, gg, strict=True)
+                for b, gb in zip(vv, gg, strict=True)
+                if ga != gb
+            ]
             expect[i, j] = np.mean(np.abs(vv - y[i, j])) - 0.5 * np.mean(cross)
     np.testing.assert_allclose(got, expect, rtol=1e-12, atol=1e-12, equal_nan=True)
     assert np.isnan(got[1, 1]) and np.isnan(got[4, 6]) and np.isfinite(got[2, 3])
@@ -476,7 +481,9 @@ def test_crps_between_groups_brute_force_and_limits() -> None:
     clustered = np.repeat(centres, 4, axis=0) + 1e-9 * rng.standard_normal((16, 200))
     obs = rng.standard_normal(200)
     ref = crps_ensemble(centres, obs, fair=True)
-    np.testing.assert_allclose(crps_between_groups(clustered, obs, np.repeat(np.arange(4), 4)), ref, atol=1e-8)
+    np.testing.assert_allclose(
+        crps_between_groups(clustered, obs, np.repeat(np.arange(4), 4)), ref, atol=1e-8
+    )
     assert np.mean(crps_ensemble(clustered, obs, fair=True)) > np.mean(ref) + 0.1
     with pytest.raises(UserError, match="one label per member"):
         crps_between_groups(x, y, groups[:-1])
