@@ -210,7 +210,7 @@ def build_qg_world(
 
 def qg_world_store(build: bool = True, **spec_kwargs) -> Path:
     """Path of the QG world ``builtin:qg3`` (defaults of :func:`simulate_qg`, or ``spec_kwargs``),
-    built into ``$WXENS_CACHE/qg3-v1-<hash>.zarr`` on first use (about 4 minutes on one core), then
+    built into ``$WXENS_CACHE/qg3-v1-<hash>.zarr`` on first use (1.5-4 minutes on one core), then
     reused; safe under concurrent callers (:func:`~data_catalog.world.store.cached_store`)."""
     spec = qg_spec(**spec_kwargs)
     return cached_store(QG_VERSION, spec, lambda path: build_qg_world(path, **spec_kwargs), build, "qg3")
