@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from data_catalog.errors import UserError, run_module_main
 from data_catalog.world.qg import (
     QGParams,
     ThreeLevelQG,
@@ -121,6 +122,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--growth-days", type=int, default=60, help="days of the twin runs")
     ap.add_argument("--spinup-days", type=float, default=60.0, help="days onto the attractor")
     args = ap.parse_args(argv)
+    try:
+        cycles = [int(c) for c in args.cycles.split(",")]
+    except ValueError:
+        raise UserError(f"--cycles must be comma-separated integers, not {args.cycles!r}") from None
+    if min(cycles) < 0 or args.inits < 1 or args.pairs < 1:
+        raise UserError("--cycles must be >= 0, --inits and --pairs >= 1")
     torch.set_num_threads(args.threads)
     model = ThreeLevelQG()
     q, t = attractor_state(model, spinup_days=args.spinup_days)
@@ -128,24 +135,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     q, t = cl["state"]
     eg = error_growth(model, q, t, days=args.growth_days)
     sat = float(np.mean(eg["distance"][-15:])) / (math.sqrt(2) * cl["std"][1])
-    print(
+    from rich.console import Console
+
+    out = Console(soft_wrap=True, highlight=False).print
+    out(
         "geopotential std (200/500/800 hPa) "
         + " / ".join(f"{s:.0f}" for s in cl["std"])
         + f" m2 s-2; 500 hPa autocorrelation {cl['autocorr_1d']:.2f} (1 d), {cl['autocorr_3d']:.2f} (3 d);"
         f" strongest zonal-mean wind {cl['max_zonal_wind']:.1f} m/s"
     )
-    print(f"error growth: e-folding {eg['efold_days']:.1f} d, saturated distance / (sqrt 2 std) {sat:.2f}")
-    cycles = [int(c) for c in args.cycles.split(",")]
+    out(f"error growth: e-folding {eg['efold_days']:.1f} d, saturated distance / (sqrt 2 std) {sat:.2f}")
     res = bred_vs_noise(inits=args.inits, pairs=args.pairs, cycles=cycles, spinup_days=args.spinup_days + 40)
-    print(f"control 48 h RMSE {res['control_rmse_48h']:.1f}, perturbation amplitude {res['amplitude']:.1f}")
+    out(f"control 48 h RMSE {res['control_rmse_48h']:.1f}, perturbation amplitude {res['amplitude']:.1f}")
     days = list(next(iter(res["crps"].values())))
-    print("| perturbation | " + " | ".join(f"CRPS {d} d" for d in days) + " |")
-    print("|---|" + "---|" * len(days))
+    out("| perturbation | " + " | ".join(f"CRPS {d} d" for d in days) + " |")
+    out("|---|" + "---|" * len(days))
     for k, row in res["crps"].items():
         name = "random noise" if k == 0 else f"bred, {k} cycles"
-        print(f"| {name} | " + " | ".join(f"{row[d]:.1f}" for d in days) + " |")
+        out(f"| {name} | " + " | ".join(f"{row[d]:.1f}" for d in days) + " |")
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_module_main(main)

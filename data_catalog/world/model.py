@@ -110,6 +110,18 @@ class _Mountains(Protocol):
     def mountains(self) -> Sequence[Mountain]: ...
 
 
+def adams_bashforth(hist: list[torch.Tensor], tendency: torch.Tensor) -> torch.Tensor:
+    """Push ``tendency`` to the front of ``hist`` (newest first; at most three kept, in place) and return
+    the explicit Adams-Bashforth tendency: Euler on the first step, AB2 on the second, AB3 after."""
+    hist.insert(0, tendency)
+    del hist[3:]
+    if len(hist) == 1:
+        return hist[0]
+    if len(hist) == 2:
+        return 1.5 * hist[0] - 0.5 * hist[1]
+    return (23.0 / 12.0) * hist[0] - (16.0 / 12.0) * hist[1] + (5.0 / 12.0) * hist[2]
+
+
 def seasonal_index(t_seconds: np.ndarray | float, p: _Seasons) -> np.ndarray:
     """``c(t) = cos(2 pi (day - winter_peak_day) / 365.2425)``: +1 in northern winter, -1 in summer.
 
@@ -328,14 +340,7 @@ class ShallowWaterModel:
                     env = self.stir_envelope(t)
                 assert env is not None  # set at n = 0 (forcing_every >= 1)
                 stir = self.stir_source(x, env) if p.stir_amp > 0 else None
-            hist.insert(0, self.tendency(s, eq, stir))
-            del hist[3:]
-            if len(hist) == 1:
-                nl = hist[0]
-            elif len(hist) == 2:
-                nl = 1.5 * hist[0] - 0.5 * hist[1]
-            else:
-                nl = (23.0 / 12.0) * hist[0] - (16.0 / 12.0) * hist[1] + (5.0 / 12.0) * hist[2]
+            nl = adams_bashforth(hist, self.tendency(s, eq, stir))
             z = s[:, 0] + dt * nl[:, 0]
             rd = s[:, 1] + dt * nl[:, 1] + a * self.lam * s[:, 2]
             rp = s[:, 2] + dt * nl[:, 2] - a * p.phi_bar * s[:, 1]

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from data_catalog.world.model import DAY, Mountain, orography, seasonal_index
+from data_catalog.world.model import DAY, Mountain, adams_bashforth, orography, seasonal_index
 from data_catalog.world.spectral import SphereTransforms
 
 
@@ -211,14 +211,7 @@ class ThreeLevelQG:
         for n in range(nsteps):
             if self.forced and n % self.forcing_every == 0:
                 thick = self.equilibrium_thickness(t)
-            hist.insert(0, self.tendency(q, thick))
-            del hist[3:]
-            if len(hist) == 1:
-                nl = hist[0]
-            elif len(hist) == 2:
-                nl = 1.5 * hist[0] - 0.5 * hist[1]
-            else:
-                nl = (23.0 / 12.0) * hist[0] - (16.0 / 12.0) * hist[1] + (5.0 / 12.0) * hist[2]
+            nl = adams_bashforth(hist, self.tendency(q, thick))
             q = (q + p.dt * nl) * self.hyper
             q[..., 0, :] = 0.0
             t = t + p.dt

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -70,36 +71,43 @@ VARIABLES = {
 }
 
 
-def qg_spec(
-    years: int = DEFAULT_YEARS,
-    start_year: int = DEFAULT_START_YEAR,
-    seed: int = DEFAULT_SEED,
-    spinup_days: float = DEFAULT_SPINUP_DAYS,
-    days: float | None = None,
-    params: QGParams | None = None,
-) -> dict:
-    """Everything that determines the store's content, as a JSON-safe dict."""
-    return {
-        "version": QG_VERSION,
-        "years": years,
-        "start_year": start_year,
-        "seed": seed,
-        "spinup_days": spinup_days,
-        "days": days,
-        "params": (params or QGParams()).as_dict(),
-    }
+@dataclass(frozen=True)
+class QGWorldSpec:
+    """Everything that determines a QG store's content (its hash names the cached store): one
+    trajectory per calendar year ``start_year + k`` for ``years`` years, spun up ``spinup_days``;
+    ``days`` truncates each trajectory (tiny test worlds)."""
+
+    years: int = DEFAULT_YEARS
+    start_year: int = DEFAULT_START_YEAR
+    seed: int = DEFAULT_SEED
+    spinup_days: float = DEFAULT_SPINUP_DAYS
+    days: float | None = None
+    params: QGParams = field(default_factory=QGParams)
+
+    def as_dict(self) -> dict:
+        """JSON-safe dict (with the world version) whose hash names the store."""
+        return {
+            "version": QG_VERSION,
+            "years": self.years,
+            "start_year": self.start_year,
+            "seed": self.seed,
+            "spinup_days": self.spinup_days,
+            "days": self.days,
+            "params": self.params.as_dict(),
+        }
 
 
-def simulate_qg(
-    years: int = DEFAULT_YEARS,
-    start_year: int = DEFAULT_START_YEAR,
-    seed: int = DEFAULT_SEED,
-    spinup_days: float = DEFAULT_SPINUP_DAYS,
-    days: float | None = None,
-    params: QGParams | None = None,
-) -> xr.Dataset:
+def simulate_qg(spec: QGWorldSpec | None = None) -> xr.Dataset:
     """Run the QG world and return it in memory (store layout, latitude ascending, ``level`` in hPa)."""
-    p = params or QGParams()
+    spec = spec or QGWorldSpec()
+    p, years, start_year, seed, spinup_days, days = (
+        spec.params,
+        spec.years,
+        spec.start_year,
+        spec.seed,
+        spec.spinup_days,
+        spec.days,
+    )
     with _single_thread():
         model = ThreeLevelQG(p)
         synth = PointSynthesis(OUT_LAT, len(OUT_LON), p.lmax, p.radius)
@@ -144,7 +152,6 @@ def simulate_qg(
         write(0, q, t)
         model.run(q, t, (int(lengths.max()) - 1) * steps_out, callback=write, every=steps_out)
         hs = synth.scalar(model.topo_spec[None])[0].numpy() * p.scale_height / p.f0
-    spec = qg_spec(years, start_year, seed, spinup_days, days, p)
     dims = ("time", "level", "latitude", "longitude")
     data_vars: dict = {name: (dims, out[name], VARIABLES[name]) for name in VARIABLES}
     data_vars["orography"] = (
@@ -176,8 +183,8 @@ def simulate_qg(
             "title": "wxens three-level quasi-geostrophic world (data_catalog.world.qg)",
             "source": f"data_catalog.world.qg_store ({QG_VERSION}); see docs/world.md",
             "world_version": QG_VERSION,
-            "world_hash": spec_hash(spec),
-            "world_spec": json.dumps(spec, sort_keys=True),
+            "world_hash": spec_hash(spec.as_dict()),
+            "world_spec": json.dumps(spec.as_dict(), sort_keys=True),
             "seed": seed,
             "trajectory_seeds": json.dumps(seeds),
             "note": "each calendar year is an independent trajectory (spun up for spinup_days)",
@@ -189,31 +196,23 @@ def simulate_qg(
     )
 
 
-def build_qg_world(
-    path: str | Path,
-    years: int = DEFAULT_YEARS,
-    start_year: int = DEFAULT_START_YEAR,
-    seed: int = DEFAULT_SEED,
-    spinup_days: float = DEFAULT_SPINUP_DAYS,
-    days: float | None = None,
-    params: QGParams | None = None,
-) -> Path:
+def build_qg_world(path: str | Path, spec: QGWorldSpec | None = None) -> Path:
     """Simulate the QG world (:func:`simulate_qg`) and write it as a zarr v3 store at ``path``."""
     path = Path(path)
     if path.exists():
         raise UserError(f"world store already exists: {path}")
     tic = time.perf_counter()
-    write_world(simulate_qg(years, start_year, seed, spinup_days, days, params), path)
+    write_world(simulate_qg(spec), path)
     log.info("built the QG world %s in %.1f s", path, time.perf_counter() - tic)
     return path
 
 
-def qg_world_store(build: bool = True, **spec_kwargs) -> Path:
-    """Path of the QG world ``builtin:qg3`` (defaults of :func:`simulate_qg`, or ``spec_kwargs``),
-    built into ``$WXENS_CACHE/qg3-v1-<hash>.zarr`` on first use (1.5-4 minutes on one core), then
-    reused; safe under concurrent callers (:func:`~data_catalog.world.store.cached_store`)."""
-    spec = qg_spec(**spec_kwargs)
-    return cached_store(QG_VERSION, spec, lambda path: build_qg_world(path, **spec_kwargs), build, "qg3")
+def qg_world_store(build: bool = True, spec: QGWorldSpec | None = None) -> Path:
+    """Path of the QG world ``builtin:qg3`` (the default :class:`QGWorldSpec`, or ``spec``), built
+    into ``$WXENS_CACHE/qg3-v1-<hash>.zarr`` on first use (1.5-4 minutes on one core), then reused;
+    safe under concurrent callers (:func:`~data_catalog.world.store.cached_store`)."""
+    spec = spec or QGWorldSpec()
+    return cached_store(QG_VERSION, spec.as_dict(), lambda path: build_qg_world(path, spec), build, "qg3")
 
 
-__all__ = ["LEVELS", "QG_VERSION", "build_qg_world", "qg_spec", "qg_world_store", "simulate_qg"]
+__all__ = ["LEVELS", "QG_VERSION", "QGWorldSpec", "build_qg_world", "qg_world_store", "simulate_qg"]

@@ -8,16 +8,9 @@ import math
 import numpy as np
 import torch
 
+from data_catalog.world import qg
 from data_catalog.world.model import DAY
-from data_catalog.world.qg import (
-    QGParams,
-    ThreeLevelQG,
-    attractor_state,
-    climate,
-    error_growth,
-    row_weights,
-    weighted_rms,
-)
+from data_catalog.world.qg import QGParams, ThreeLevelQG
 
 
 def _random_psi(model: ThreeLevelQG, seed: int, scale: float = 1e7) -> torch.Tensor:
@@ -92,10 +85,10 @@ def test_flow_is_chaotic_on_its_own() -> None:
     ``sqrt(2)`` x the climatological standard deviation of the 500 hPa geopotential (within 25 %).
     Measured with the defaults: e-folding about 4-5 days (docs/world.md)."""
     m = ThreeLevelQG()
-    q, t = attractor_state(m)
-    cl = climate(m, q, t, days=80)
+    q, t = qg.attractor_state(m)
+    cl = qg.climate(m, q, t, days=80)
     q, t = cl["state"]
-    eg = error_growth(m, q, t, days=60)
+    eg = qg.error_growth(m, q, t, days=60)
     dist = eg["distance"]
     assert dist[29] > 100 * dist[0], dist
     saturated = float(np.mean(dist[-15:]))
@@ -110,10 +103,10 @@ def test_weighted_rms_of_a_constant_and_of_a_band() -> None:
     poleward of 30 degrees and 0 elsewhere gives ``sqrt(1 - sin 30)`` (area fraction 1/2) to the
     Gaussian grid's resolution."""
     m = ThreeLevelQG()
-    w = row_weights(m)
-    assert math.isclose(weighted_rms(np.full((m.p.nlat, m.p.nlon), 3.0), w), 3.0, rel_tol=1e-12)
+    w = qg.row_weights(m)
+    assert math.isclose(qg.weighted_rms(np.full((m.p.nlat, m.p.nlon), 3.0), w), 3.0, rel_tol=1e-12)
     band = (np.abs(m.lat_deg) > 30)[:, None] * np.ones((1, m.p.nlon))
-    assert abs(weighted_rms(band, w) - math.sqrt(0.5)) < 0.03
+    assert abs(qg.weighted_rms(band, w) - math.sqrt(0.5)) < 0.03
 
 
 def test_deterministic_and_seasonal() -> None:

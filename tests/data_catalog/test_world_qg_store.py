@@ -14,7 +14,7 @@ from data_catalog.errors import UserError
 from data_catalog.grid import area_weights
 from data_catalog.readers import open_reanalysis
 from data_catalog.world.qg import QGParams
-from data_catalog.world.qg_store import G0, LEVELS, REFERENCE_HEIGHT, build_qg_world
+from data_catalog.world.qg_store import G0, LEVELS, REFERENCE_HEIGHT, QGWorldSpec, build_qg_world
 from tests.data_catalog.test_world import _ddlat_spectral, _ddlon
 
 P = QGParams()
@@ -23,7 +23,7 @@ P = QGParams()
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("qg") / "qg.zarr"
-    return build_qg_world(path, years=2, days=2, spinup_days=5.0)
+    return build_qg_world(path, QGWorldSpec(years=2, days=2, spinup_days=5.0))
 
 
 def test_layout_and_channels(store: Path) -> None:
@@ -39,7 +39,7 @@ def test_layout_and_channels(store: Path) -> None:
     assert sorted(n for n in opened.data_vars if n != "orography") == sorted(names)
     assert opened.latitude.values[0] > opened.latitude.values[-1]
     with pytest.raises(UserError, match="already exists"):
-        build_qg_world(store, years=1, days=1, spinup_days=1.0)
+        build_qg_world(store, QGWorldSpec(years=1, days=1, spinup_days=1.0))
 
 
 def test_fields_obey_the_model_relations(store: Path) -> None:
@@ -74,7 +74,7 @@ def test_fields_obey_the_model_relations(store: Path) -> None:
 
 
 def test_build_is_deterministic(store: Path, tmp_path: Path) -> None:
-    again = build_qg_world(tmp_path / "again.zarr", years=2, days=2, spinup_days=5.0)
+    again = build_qg_world(tmp_path / "again.zarr", QGWorldSpec(years=2, days=2, spinup_days=5.0))
     a, b = xr.open_zarr(store), xr.open_zarr(again)
     for name in ("geopotential", "vorticity"):
         assert np.array_equal(a[name].values, b[name].values)
@@ -90,14 +90,14 @@ def test_builtin_qg3_is_cached_and_opens(
     from data_catalog.world import qg_store
 
     monkeypatch.setenv("WXENS_CACHE", str(tmp_path / "cache"))
-    tiny = {"years": 1, "days": 1, "spinup_days": 1.0}
+    tiny = QGWorldSpec(years=1, days=1, spinup_days=1.0)
     with pytest.raises(UserError, match=r"not built yet \(open builtin:qg3"):
-        qg_store.qg_world_store(build=False, **tiny)
-    path = qg_store.qg_world_store(**tiny)
+        qg_store.qg_world_store(build=False, spec=tiny)
+    path = qg_store.qg_world_store(spec=tiny)
     assert path.parent == tmp_path / "cache" and path.name.startswith("qg3-v1-")
     stamp = (path / "zarr.json").stat().st_mtime_ns
-    assert qg_store.qg_world_store(**tiny) == path and (path / "zarr.json").stat().st_mtime_ns == stamp
-    monkeypatch.setattr(qg_store, "qg_world_store", lambda build=True: store)
+    assert qg_store.qg_world_store(spec=tiny) == path and (path / "zarr.json").stat().st_mtime_ns == stamp
+    monkeypatch.setattr(qg_store, "qg_world_store", lambda build=True, spec=None: store)
     for source in ("builtin:qg3", "qg3"):
         ds = open_reanalysis(source)
         assert "z500" in ds and "vo800" in ds and ds.sizes["time"] == 16

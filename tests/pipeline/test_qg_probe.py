@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-import numpy as np
+import subprocess
+import sys
 
+import numpy as np
+import pytest
+
+from data_catalog.errors import UserError
 from pipeline.qg_probe import bred_vs_noise, main
 
 
@@ -38,3 +43,18 @@ def test_probe_scores_both_perturbations_at_their_amplitude(capsys) -> None:
     )
     out = capsys.readouterr().out
     assert "| random noise |" in out and "| bred, 1 cycles |" in out and "e-folding" in out
+
+
+def test_bad_input_is_one_line() -> None:
+    """Bad ``--cycles`` / sizes are refused before any integration; the module entry prints one
+    ``error:`` line and exits 2."""
+    with pytest.raises(UserError, match="comma-separated integers"):
+        main(["--cycles", "0,x"])
+    with pytest.raises(UserError, match=">= 0"):
+        main(["--cycles", "0,-3"])
+    r = subprocess.run(
+        [sys.executable, "-m", "pipeline.qg_probe", "--pairs", "0"], capture_output=True, text=True
+    )
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "error: --cycles must be >= 0, --inits and --pairs >= 1"
+    ]
