@@ -119,7 +119,7 @@ def npsave_write(path: Path, fields: np.ndarray) -> float:
 def read_back(path: Path) -> np.ndarray:
     from pipeline.store import open_forecast
 
-    ds = open_forecast(path)
+    ds = open_forecast(path, channels=True)
     # (L, M, C, lat, lon) like the input
     arr = np.stack([ds[c].isel(time=0).values for c in CHANNELS], axis=2)  # (M, L, C, lat, lon)
     return np.moveaxis(arr, 1, 0).astype(np.float32)

@@ -28,7 +28,9 @@ __all__ = [
     "canonical_name",
     "channel_info",
     "is_level_base",
+    "holds_level",
     "split_channel",
+    "wb2_name",
 ]
 
 
@@ -281,3 +283,32 @@ def channel_info(channel: str) -> ChannelInfo | None:
         return None
     info = BASES[base]
     return ChannelInfo(f"{info.long_name} at {_fmt_level(level)} hPa", info.units, info.standard_name)
+
+
+def _first_spelling(aliases: dict[str, str]) -> dict[str, str]:
+    # each canonical code's first spelling in its alias table: the WeatherBench2 / ARCO long name
+    out: dict[str, str] = {}
+    for spelling, code in aliases.items():
+        out.setdefault(code, spelling)
+    return out
+
+
+#: Canonical code -> WeatherBench2 variable name (``z`` -> ``geopotential``, ``t2m`` -> ``2m_temperature``).
+WB2_NAMES: dict[str, str] = {**_first_spelling(_BASE_ALIASES), **_first_spelling(_SURFACE_ALIASES)}
+
+
+def wb2_name(channel: str) -> tuple[str, int | float | None]:
+    """WeatherBench2 variable name and pressure level of a canonical channel.
+
+    ``wb2_name("z500") == ("geopotential", 500)``, ``wb2_name("t2m") == ("2m_temperature", None)``;
+    an unknown channel keeps its name (``("noise", None)``). The inverse of :func:`canonical_name`.
+    """
+    base, level = split_channel(channel)
+    return WB2_NAMES.get(base, base), level
+
+
+def holds_level(attrs: dict, level: float) -> bool:
+    """Whether a levelled variable holds data at ``level``: a wxens forecast store lists the levels it
+    wrote in the variable's ``wxens_levels`` attribute (the others are NaN fill); without it, all."""
+    held = attrs.get("wxens_levels")
+    return held is None or any(float(h) == float(level) for h in held)

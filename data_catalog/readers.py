@@ -418,6 +418,8 @@ def normalise_dataset(
             continue
         if "level" in dims:
             for i, lv in enumerate(np.asarray(ds["level"].values, dtype=np.float64)):
+                if not lexicon.holds_level(da.attrs, lv):
+                    continue
                 ch = lexicon.canonical_name(str(name), lv)
                 if ch == str(name):
                     ch = f"{name}_{_fmt_level(lv)}"

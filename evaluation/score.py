@@ -44,6 +44,7 @@ import pandas as pd
 import xarray as xr
 
 from data_catalog.errors import UserError
+from data_catalog.lexicon import holds_level
 from evaluation import metrics
 
 log = logging.getLogger(__name__)
@@ -116,6 +117,8 @@ def _flatten_levels(ds: xr.Dataset) -> xr.Dataset:
     for name, var in ds.data_vars.items():
         if "level" in var.dims:
             for lev in var["level"].values:
+                if not holds_level(var.attrs, lev):  # a wxens store's NaN fill for a level it lacks
+                    continue
                 lv = int(lev) if float(lev).is_integer() else float(lev)
                 out[_canonical(str(name), lv)] = var.sel(level=lev, drop=True)
         else:

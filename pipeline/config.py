@@ -78,6 +78,8 @@ class OutputConfig(_Strict):
 
     ``keep``: ``members`` (the member store), ``mean`` (only the ensemble mean, from inline scoring),
     ``none`` (only inline scores). ``variables``/``members``: subsets to keep (default all).
+    ``layout``: ``wb2`` (WeatherBench2 names, a ``level`` dim for channels with pressure levels) or
+    ``channels`` (one array per model channel), see :mod:`pipeline.store`.
     """
 
     path: str | None = None
@@ -86,6 +88,7 @@ class OutputConfig(_Strict):
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     keepbits: int | None = Field(None, ge=1, le=23)
     keep: Literal["members", "mean", "none"] = "members"
+    layout: Literal["wb2", "channels"] = "wb2"
 
 
 class InlineConfig(_Strict):

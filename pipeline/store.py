@@ -1,8 +1,19 @@
 """Forecast store: zarr v3 in the WeatherBench2 layout, written chunk by chunk by work units.
 
-Dims ``time`` (init), ``number`` (member), ``prediction_timedelta``, ``latitude``, ``longitude``; one
-array per variable; chunks ``(1, member block, 1, lat, lon)`` so each work unit owns whole chunks and
-concurrent writers never touch the same file. The full metadata (shapes, coordinates, attributes) is
+Dims ``time`` (init), ``number`` (member), ``prediction_timedelta``, (``level``,) ``latitude``,
+``longitude``; one array per variable; chunks ``(1, member block, 1, (1,) lat, lon)`` so each work unit
+owns whole chunks and concurrent writers never touch the same file.
+
+Layouts (``output.layout``, see :func:`store_layout`):
+
+* ``wb2`` (default): WeatherBench2 names; channels with a pressure level go into one array per
+  variable with a ``level`` dim (``z200``, ``z500`` -> ``geopotential`` at levels 200, 500). The
+  ``level`` coordinate is the union over variables; a (variable, level) the model does not have is
+  never written and reads as NaN (the variable's ``wxens_levels`` attribute lists the levels it holds).
+  Single-level channels get their WeatherBench2 names (``t2m`` -> ``2m_temperature``).
+* ``channels``: one array per model channel under its canonical name (``z500``), no ``level`` dim.
+
+``open_forecast(path, channels=True)`` reads either layout as one variable per channel. The full metadata (shapes, coordinates, attributes) is
 created up front; units then write raw chunks with ``write_empty_chunks`` on, so every chunk a unit
 owns exists as a file and can be checksummed.
 
@@ -21,6 +32,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +42,7 @@ import xarray as xr
 import zarr
 
 from data_catalog.errors import UserError
+from data_catalog.lexicon import BASES, channel_info, split_channel, wb2_name
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +83,69 @@ def storage_dtype(dtype: str) -> np.dtype:
     return np.dtype(np.float16) if dtype == "float16" else np.dtype(np.float32)
 
 
+LAYOUTS = ("wb2", "channels")
+DIMS = ("time", "number", "prediction_timedelta", "latitude", "longitude")
+LEVEL_DIMS = ("time", "number", "prediction_timedelta", "level", "latitude", "longitude")
+
+
+@dataclass(frozen=True)
+class StoreLayout:
+    """Where each model channel lives in a forecast store.
+
+    ``variables``: store variable -> its levels (``None``: no level dim); ``slots``: channel ->
+    (store variable, index into ``levels`` or ``None``); ``levels``: the ``level`` coordinate (the
+    ascending union of all variables' levels; empty without levelled variables)."""
+
+    variables: dict[str, list[int | float] | None]
+    slots: dict[str, tuple[str, int | None]]
+    levels: list[int | float]
+
+
+def store_layout(channels: list[str], layout: str = "wb2") -> StoreLayout:
+    """The store layout of ``channels`` (see the module docstring)."""
+    if layout not in LAYOUTS:
+        raise UserError(f"unknown output layout {layout!r} (choose from {', '.join(LAYOUTS)})")
+    if layout == "channels":
+        return StoreLayout({c: None for c in channels}, {c: (c, None) for c in channels}, [])
+    named = {c: wb2_name(c) for c in channels}
+    levels = sorted({lev for _, lev in named.values() if lev is not None})
+    variables: dict[str, list[int | float] | None] = {}
+    slots: dict[str, tuple[str, int | None]] = {}
+    for c, (name, lev) in named.items():
+        if name in variables and (lev is None or variables[name] is None):
+            raise UserError(f"channels {c!r} and another both map to the store variable {name!r}")
+        if lev is None:
+            variables[name] = None
+            slots[c] = (name, None)
+        else:
+            have = variables.setdefault(name, [])
+            assert have is not None
+            if lev in have:
+                raise UserError(f"two channels map to {name!r} at level {lev}")
+            have.append(lev)
+            slots[c] = (name, levels.index(lev))
+    for v in variables.values():
+        if v is not None:
+            v.sort()
+    return StoreLayout(variables, slots, levels)
+
+
+def _variable_attrs(
+    name: str, channels: list[str], var_attrs: dict[str, dict[str, Any]], lay: StoreLayout
+) -> dict:
+    attrs = dict(var_attrs.get(channels[0], {}))
+    levels = lay.variables[name]
+    if levels is not None:
+        base, _ = split_channel(channels[0])
+        info = BASES.get(base)
+        if info is not None:  # "Geopotential", not the first channel's "Geopotential at 200 hPa"
+            attrs.update(long_name=info.long_name, units=attrs.get("units", info.units))
+            if info.standard_name:
+                attrs["standard_name"] = info.standard_name
+        attrs["wxens_levels"] = list(levels)
+    return attrs
+
+
 def create_store(
     path: Path,
     *,
@@ -84,24 +160,35 @@ def create_store(
     chunk_members: int,
     dtype: str,
     attrs: dict[str, Any],
+    layout: str = "wb2",
 ) -> None:
-    """Write the full store metadata and coordinates (no data chunks) to ``path``."""
+    """Write the full store metadata and coordinates (no data chunks) to ``path``; ``variables`` are
+    the model channels to store, placed by :func:`store_layout`."""
     import dask.array as da
 
     nt, nn, nl = len(times), len(numbers), len(leads)
     ny, nx = len(latitude), len(longitude)
     sdt = storage_dtype(dtype)
-    shape = (nt, nn, nl, ny, nx)
-    chunks = (1, chunk_members, 1, ny, nx)
+    lay = store_layout(list(variables), layout)
+    attrs = {**attrs, "wxens_layout": layout}
     data_vars: dict[str, Any] = {}
     encoding: dict[str, Any] = {}
-    for v in variables:
-        data_vars[v] = (
-            ("time", "number", "prediction_timedelta", "latitude", "longitude"),
+    for name, levels in lay.variables.items():
+        mine = [c for c in variables if lay.slots[c][0] == name]
+        dims: tuple[str, ...]
+        shape: tuple[int, ...]
+        chunks: tuple[int, ...]
+        if levels is None:
+            dims, shape, chunks = DIMS, (nt, nn, nl, ny, nx), (1, chunk_members, 1, ny, nx)
+        else:
+            nlev = len(lay.levels)
+            dims, shape, chunks = LEVEL_DIMS, (nt, nn, nl, nlev, ny, nx), (1, chunk_members, 1, 1, ny, nx)
+        data_vars[name] = (
+            dims,
             da.zeros(shape, chunks=chunks, dtype=sdt),
-            dict(var_attrs.get(v, {})),
+            _variable_attrs(name, mine, var_attrs, lay),
         )
-        encoding[v] = {"chunks": chunks, "_FillValue": np.nan}
+        encoding[name] = {"chunks": chunks, "_FillValue": np.nan}
     data_vars["nonfinite_step"] = (
         ("time", "number"),
         da.full((nt, nn), -1, chunks=(1, chunk_members), dtype=np.int32),
@@ -129,6 +216,10 @@ def create_store(
     }
     for k in ("checkpoint", "pair", "sign"):
         coords[k] = ("number", member_coords[k], {"long_name": f"member {k}"})
+    if lay.levels:
+        integer = all(float(lev).is_integer() for lev in lay.levels)
+        lev_values = np.asarray(lay.levels, dtype=np.int64 if integer else np.float64)
+        coords["level"] = ("level", lev_values, {"units": "hPa", "long_name": "pressure level"})
     ds = xr.Dataset(data_vars, coords=coords, attrs=attrs)
     enc_time = {
         "time": {"units": "hours since 1970-01-01", "dtype": "int64"},
@@ -151,11 +242,13 @@ class StoreWriter:
         self.chunk_members = int(self.attrs["wxens_chunk_members"])
         self.dtype = str(self.attrs["wxens_dtype"])
         self.keepbits = self.attrs.get("wxens_keepbits")
-        self.variables = list(self.attrs["wxens_variables"])
+        self.variables = list(self.attrs["wxens_variables"])  # the stored channels
+        # stores written before layouts existed hold one array per channel
+        self.layout = store_layout(self.variables, str(self.attrs.get("wxens_layout", "channels")))
         # opened once, not per lead; every chunk is written, even one equal to the fill value (NaN):
         # the manifest checksums each chunk file of a unit (the array's own config: writer threads
         # must not depend on zarr's global config, which a `with zarr.config.set` changes for all)
-        self._arrays = {v: group[v].with_config({"write_empty_chunks": True}) for v in self.variables}
+        self._arrays = {v: group[v].with_config({"write_empty_chunks": True}) for v in self.layout.variables}
 
     def positions(self, members: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Kept members among ``members`` (boolean mask) and their store indices."""
@@ -181,9 +274,9 @@ class StoreWriter:
         channels: list[str],
         variables: list[str] | None = None,
     ) -> list[str]:
-        """Write one lead of a block ``state`` ``(B, C, lat, lon)`` (all stored variables, or
-        ``variables``); returns relative chunk paths. Different variables may be written from
-        different threads at once."""
+        """Write one lead of a block ``state`` ``(B, C, lat, lon)`` (all stored channels, or the
+        channels ``variables``); returns relative chunk paths. Different channels may be written from
+        different threads at once (each owns its chunks, also within a levelled array)."""
         keep, idx = self.positions(members)
         if not keep.any():
             return []
@@ -191,11 +284,16 @@ class StoreWriter:
         files: list[str] = []
         for v in self.variables if variables is None else variables:
             data = encode(sel[:, channels.index(v)], self.dtype, self.keepbits)
-            arr = self._arrays[v]  # write_empty_chunks in its own config (no global state)
+            name, li = self.layout.slots[v]
+            arr = self._arrays[name]  # write_empty_chunks in its own config (no global state)
             for a, b, off in self._runs(idx):
-                arr[init, a:b, lead] = data[off : off + (b - a)]
+                if li is None:
+                    arr[init, a:b, lead] = data[off : off + (b - a)]
+                else:
+                    arr[init, a:b, lead, li] = data[off : off + (b - a)]
+            where = f"{lead}" if li is None else f"{lead}/{li}"
             for cn in sorted({int(i) // self.chunk_members for i in idx}):
-                files.append(f"{v}/c/{init}/{cn}/{lead}/0/0")
+                files.append(f"{name}/c/{init}/{cn}/{where}/0/0")
         return files
 
     def write_nonfinite(self, init: int, members: np.ndarray, steps: np.ndarray) -> list[str]:
@@ -220,9 +318,11 @@ def resolve_store(path: str | Path) -> Path:
     raise UserError(f"no forecast store at {p}")
 
 
-def open_forecast(path: str | Path, *, chunks: Any = None) -> xr.Dataset:
+def open_forecast(path: str | Path, *, chunks: Any = None, channels: bool = False) -> xr.Dataset:
     """Open a forecast store (or a run directory) lazily as an ``xarray.Dataset``.
 
+    As stored (the WeatherBench2 layout: ``ds.geopotential.sel(level=500)``), or with
+    ``channels=True`` one variable per model channel (``ds.z500``), whatever the store's layout.
     Adds the boolean ``nonfinite`` (``nonfinite_step >= 0``) on ``(time, number)``. Units still being
     computed read as NaN (the fill value); ``attrs['wxens_complete']`` is False until a run finishes
     (the run directory's ``COMPLETE`` marker), see :func:`pipeline.manifest.verify`.
@@ -235,7 +335,32 @@ def open_forecast(path: str | Path, *, chunks: Any = None) -> xr.Dataset:
     ds.attrs["wxens_complete"] = (store.parent / "COMPLETE").is_file()
     if "wxens_config" in ds.attrs and isinstance(ds.attrs["wxens_config"], str):
         ds.attrs["wxens_config"] = json.loads(ds.attrs["wxens_config"])
-    return ds
+    return as_channels(ds) if channels else ds
+
+
+def as_channels(ds: xr.Dataset) -> xr.Dataset:
+    """A forecast store's Dataset with one variable per stored model channel and no ``level`` dim."""
+    if "wxens_variables" not in ds.attrs:
+        raise UserError("not a wxens forecast store (no wxens_variables attribute)")
+    chans = list(ds.attrs["wxens_variables"])
+    lay = store_layout(chans, str(ds.attrs.get("wxens_layout", "channels")))
+    out = {}
+    for c in chans:
+        name, li = lay.slots[c]
+        da_ = ds[name] if li is None else ds[name].isel(level=li, drop=True)
+        attrs = {k: v for k, v in ds[name].attrs.items() if k != "wxens_levels"}
+        info = channel_info(c)
+        if li is not None and info is not None:
+            attrs["long_name"] = info.long_name
+        out[c] = da_.assign_attrs(attrs).rename(c)
+    data: dict[str, xr.DataArray] = {}
+    for v in ds.data_vars:  # the store's order, each levelled array replaced by its channels
+        if v in lay.variables:
+            data.update({c: out[c] for c in chans if lay.slots[c][0] == v})
+        else:
+            data[str(v)] = ds[v]
+    res = xr.Dataset(data, attrs=ds.attrs)
+    return res.drop_vars("level", errors="ignore")
 
 
 def encoding_errors(

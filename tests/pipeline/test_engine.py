@@ -19,12 +19,27 @@ from tests.pipeline.conftest import base_config, digest, spawn
 
 
 def test_store_layout_and_coords(reference_run):
-    ds = open_forecast(reference_run["run_dir"])
+    raw = open_forecast(reference_run["run_dir"])  # as stored: WeatherBench2 names, a level dim
+    assert set(raw.data_vars) == {
+        "geopotential", "u_component_of_wind", "v_component_of_wind", "vorticity", "nonfinite_step", "nonfinite"
+    }  # fmt: skip
+    g = raw["geopotential"]
+    assert g.dims == ("time", "number", "prediction_timedelta", "level", "latitude", "longitude")
+    assert raw["level"].values.tolist() == [500] and raw["level"].attrs["units"] == "hPa"
+    assert g.encoding["chunks"] == (1, 4, 1, 1, 32, 64)
+    assert (
+        g.attrs["units"] == "m2 s-2"
+        and g.attrs["long_name"] == "Geopotential"
+        and g.attrs["wxens_levels"] == [500]
+    )
+    ds = open_forecast(reference_run["run_dir"], channels=True)
     assert ds.attrs["wxens_complete"]
     assert ds["z500"].dims == ("time", "number", "prediction_timedelta", "latitude", "longitude")
     assert ds.sizes["number"] == 16 and ds.sizes["prediction_timedelta"] == 4
-    assert ds["z500"].encoding["chunks"] == (1, 4, 1, 32, 64)
-    assert ds["z500"].attrs["units"] == "m2 s-2"
+    assert (
+        ds["z500"].attrs["units"] == "m2 s-2" and ds["z500"].attrs["long_name"] == "Geopotential at 500 hPa"
+    )
+    np.testing.assert_array_equal(ds["z500"].values, g.sel(level=500).values)
     assert ds["latitude"].attrs["units"] == "degrees_north"
     np.testing.assert_array_equal(ds["checkpoint"].values, np.repeat([0, 1], 8))
     np.testing.assert_array_equal(ds["pair"].values, np.tile(np.repeat(np.arange(4), 2), 2))
@@ -39,7 +54,13 @@ def test_store_layout_and_coords(reference_run):
     assert np.abs(z0 - a0).max() > 10.0
     import wxens
 
-    assert wxens.open_forecast(reference_run["run_dir"]).sizes == ds.sizes
+    assert wxens.open_forecast(reference_run["run_dir"]).sizes == raw.sizes
+    # the data catalog's forecast reader (what the evaluation uses) sees the same channels
+    from data_catalog import open_forecast_store
+
+    fs = open_forecast_store(reference_run["run_dir"] / "forecast.zarr")
+    assert {"u500", "v500", "vo500", "z500"} <= set(fs.data_vars)
+    np.testing.assert_array_equal(fs["u500"].values, ds["u500"].values)
 
 
 def test_regenerated_members_bitwise(world):
@@ -53,7 +74,7 @@ def test_regenerated_members_bitwise(world):
     )
     run_dir = world["root"] / "regen"
     run_forecast(cfg, run_dir)
-    ds = open_forecast(run_dir)
+    ds = open_forecast(run_dir, channels=True)
     assert ds.sizes["number"] == 48
     again = regenerate_members(run_dir, [17, 40])
     for v in ("z500", "vo500"):
@@ -129,7 +150,7 @@ def test_verify_detects_corruption_and_rerun_repairs(reference_run, tmp_path):
 
     run_dir = tmp_path / "corrupt"
     shutil.copytree(reference_run["run_dir"], run_dir)
-    chunk = run_dir / "forecast.zarr" / "u500" / "c" / "1" / "1" / "2" / "0" / "0"
+    chunk = run_dir / "forecast.zarr" / "u_component_of_wind" / "c" / "1" / "1" / "2" / "0" / "0" / "0"
     raw = bytearray(chunk.read_bytes())
     raw[len(raw) // 2] ^= 0xFF
     chunk.write_bytes(bytes(raw))
@@ -158,7 +179,7 @@ def test_nonfinite_members_flagged_run_continues(world, tmp_path, caplog):
     cfg["perturbation"] = {"method": "gaussian", "n_pairs": 4, "alpha": 1.0}
     s = run_forecast(cfg, tmp_path / "nan")
     assert s["complete"]
-    ds = open_forecast(tmp_path / "nan")
+    ds = open_forecast(tmp_path / "nan", channels=True)
     z = ds["z500"].isel(time=0).values
     has_nan = np.isnan(z).reshape(8, 4, -1).any(-1)  # (member, lead)
     first = np.where(has_nan.any(1), has_nan.argmax(1), -1)
@@ -188,7 +209,7 @@ def test_float16_refuses_tiny_channels(world, tmp_path):
     cfg = base_config(world, output={"dtype": "float16", "variables": ["u500"]}, init_times=["2008-01-02T00"])
     cfg["inline"] = {"enabled": False}
     run_forecast(cfg, tmp_path / "f16u")
-    ds = open_forecast(tmp_path / "f16u")
+    ds = open_forecast(tmp_path / "f16u", channels=True)
     assert ds["u500"].dtype == np.float16 and "z500" not in ds
 
 
@@ -220,7 +241,7 @@ def test_real_sfno_checkpoints_default_loader(world, tmp_path):
     cfg["perturbation"] = {"method": "bred", "n_pairs": 2}
     s = run_forecast(cfg, tmp_path / "run")
     assert s["complete"] and s["block"] == 2
-    ds = open_forecast(tmp_path / "run")
+    ds = open_forecast(tmp_path / "run", channels=True)
     assert ds.sizes["number"] == 8 and np.isfinite(ds["z500"].values).all()
     again = regenerate_members(tmp_path / "run", [3, 6])
     assert np.array_equal(again["u500"].values, ds["u500"].sel(number=[3, 6]).values)
@@ -239,14 +260,14 @@ def test_member_and_variable_subsets(world, reference_run, tmp_path):
     cfg["inline"] = {"enabled": False}
     s = run_forecast(cfg, tmp_path / "subset")
     assert s["complete"]
-    ds = open_forecast(tmp_path / "subset")
+    ds = open_forecast(tmp_path / "subset", channels=True)
     assert ds["number"].values.tolist() == [2, 5, 13] and list(ds.data_vars) == [
         "nonfinite_step",
         "u500",
         "nonfinite",
     ]
     assert ds["u500"].encoding["chunks"][1] == 1
-    ref = open_forecast(reference_run["run_dir"])["u500"].sel(number=[2, 5, 13]).values
+    ref = open_forecast(reference_run["run_dir"], channels=True)["u500"].sel(number=[2, 5, 13]).values
     import torch
 
     want = torch.from_numpy(ref).to(torch.bfloat16).to(torch.float32).numpy()
@@ -292,7 +313,7 @@ def test_stochastic_forcing_members_reproducible_and_sized(world):
     )
     run_dir = world["root"] / "stoch"
     run_forecast(cfg, run_dir)
-    ds = open_forecast(run_dir)
+    ds = open_forecast(run_dir, channels=True)
     again = regenerate_members(run_dir, [3, 12])
     for v in ("z500", "vo500"):
         assert np.array_equal(ds[v].sel(number=[3, 12]).values, again[v].values)
@@ -300,7 +321,7 @@ def test_stochastic_forcing_members_reproducible_and_sized(world):
     plain = base_config(world, checkpoints=world["checkpoints"][:2], perturbation={"method": "bred", "n_pairs": 4},
                         init_times=["2008-01-02T00"], lead_steps=2, inline={"enabled": False})  # fmt: skip
     run_forecast(plain, world["root"] / "stoch-plain")
-    dp = open_forecast(world["root"] / "stoch-plain")
+    dp = open_forecast(world["root"] / "stoch-plain", channels=True)
     z, zp = ds["z500"].values, dp["z500"].values
     assert np.array_equal(z[:, :, 0], zp[:, :, 0]) and not np.allclose(z[:, :, 1], zp[:, :, 1])
     # control members (no initial perturbation) spread under forcing alone
@@ -310,8 +331,8 @@ def test_stochastic_forcing_members_reproducible_and_sized(world):
     ctl0 = {**ctl, "perturbation": {"method": "none"}}
     run_forecast(ctl0, world["root"] / "stoch-ctl0")
     a, b = (
-        open_forecast(world["root"] / "stoch-ctl")["z500"],
-        open_forecast(world["root"] / "stoch-ctl0")["z500"],
+        open_forecast(world["root"] / "stoch-ctl", channels=True)["z500"],
+        open_forecast(world["root"] / "stoch-ctl0", channels=True)["z500"],
     )
     assert a.sizes["number"] == 1
     assert np.array_equal(a.values[:, :, 0], b.values[:, :, 0]) and not np.allclose(
@@ -357,7 +378,7 @@ def test_stochastic_forcing_per_channel(world):
             key, ramp = "stochastic_schedule", ramp["sched"]
         pert = {"method": "none", "stochastic": st, key: ramp}
         run_forecast(base_config(world, perturbation=pert, **kw), world["root"] / f"stoch-{name}")
-        out[name] = open_forecast(world["root"] / f"stoch-{name}").isel(
+        out[name] = open_forecast(world["root"] / f"stoch-{name}", channels=True).isel(
             time=0, number=0, prediction_timedelta=1
         )
     assert np.array_equal(out["ch"]["vo500"].values, out["none"]["vo500"].values)
@@ -435,7 +456,7 @@ def test_output_threads_give_the_same_store_and_manifest(world, reference_run, t
     mine_d, ref_d = digest(run_dir), dict(reference_run["digest"])
     mine_d.pop("attrs"), ref_d.pop("attrs")  # the stored config records io_threads
     assert mine_d == ref_d
-    assert open_forecast(run_dir).attrs["wxens_config"]["io_threads"] == threads
+    assert open_forecast(run_dir, channels=True).attrs["wxens_config"]["io_threads"] == threads
     for u in json.loads((run_dir / "units.json").read_text()):
         mine, ref = read_entry(run_dir, u), read_entry(reference_run["run_dir"], u)
         assert mine["files"] == ref["files"] and len(mine["files"]) > 4
@@ -504,7 +525,7 @@ def test_stochastic_model_draws_per_member_noise(world, tmp_path):
     for name, ck, bs in (("noisy", noisy, 8), ("quiet", quiet, 8), ("noisy_b2", noisy, 2)):
         run_forecast(base_config(world, checkpoints=[ck], batch_size=bs, **common), tmp_path / f"run-{name}")
         runs[name] = (
-            open_forecast(tmp_path / f"run-{name}")["z500"].isel(time=0).values
+            open_forecast(tmp_path / f"run-{name}", channels=True)["z500"].isel(time=0).values
         )  # (member, lead, y, x)
     a, q, b2 = runs["noisy"], runs["quiet"], runs["noisy_b2"]
     assert np.all(np.isfinite(a))

@@ -15,7 +15,7 @@ CH = ["z500", "u500", "v500", "vo500"]
 
 
 def offline(run_dir, analysis):
-    ds = open_forecast(run_dir).load()
+    ds = open_forecast(run_dir, channels=True).load()
     ana = xr.open_zarr(analysis)
     x = np.stack([ds[c].values for c in CH], axis=3).astype(np.float64)  # (t, n, lead, C, y, x)
     valid = ds.time.values[:, None] + ds.prediction_timedelta.values[None, :]
@@ -108,7 +108,7 @@ def test_inline_spectra_and_keep_none(world, tmp_path):
     # keep: none writes no member fields, only scores, and the scores are the same
     cfg["output"] = {"keep": "none"}
     run_forecast(cfg, tmp_path / "none")
-    dn = open_forecast(tmp_path / "none")
+    dn = open_forecast(tmp_path / "none", channels=True)
     assert not any(v in dn for v in CH)
     sn = xr.open_zarr(tmp_path / "none" / "scores.zarr").load()
     assert "ensemble_mean" not in sn
@@ -155,7 +155,8 @@ def _scores_by_path(world, tmp_path, monkeypatch, **over):
         # the stored members are the same bytes: only where the scores are reduced changed
         for c in CH:
             np.testing.assert_array_equal(
-                open_forecast(tmp_path / name)[c].values, open_forecast(tmp_path / "numpy")[c].values
+                open_forecast(tmp_path / name, channels=True)[c].values,
+                open_forecast(tmp_path / "numpy", channels=True)[c].values,
             )
     return ref
 

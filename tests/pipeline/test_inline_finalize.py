@@ -37,7 +37,7 @@ def assert_no_member_files(run_dir, cfg) -> None:
 def assert_spills_are_members(run_dir, spills) -> None:
     """Each spill is a plain ``.npy`` (no memory map needed to read it) holding its unit's float32
     members laid out ``(lead, lat, member, channel, lon)``: equal to the stored members."""
-    ds = open_forecast(run_dir)
+    ds = open_forecast(run_dir, channels=True)
     per_ckpt, block = 8, 4  # n_pairs 4 -> 8 members per checkpoint, batch 4
     for p in spills:
         t, c, b = (int(x[1:]) for x in p.parent.name.split("-"))  # t<init>-c<ckpt>-b<block>

@@ -87,3 +87,88 @@ def test_writer_writes_fill_value_chunks_from_any_thread(tmp_path, threads):
         files = sorted(f for j in jobs for f in j.result())
     assert len(files) == 3 * 2 * 2
     assert all((tmp_path / "s.zarr" / f).is_file() for f in files)
+
+
+def test_store_layout_groups_levels_into_wb2_variables():
+    from data_catalog.errors import UserError
+    from pipeline.store import store_layout
+
+    lay = store_layout(["z500", "z200", "u500", "t2m", "noise"])
+    assert lay.levels == [200, 500]
+    assert lay.variables == {
+        "geopotential": [200, 500], "u_component_of_wind": [500], "2m_temperature": None, "noise": None
+    }  # fmt: skip
+    assert lay.slots["z500"] == ("geopotential", 1) and lay.slots["z200"] == ("geopotential", 0)
+    assert lay.slots["u500"] == ("u_component_of_wind", 1) and lay.slots["t2m"] == ("2m_temperature", None)
+    assert store_layout(["z500", "t2m"], "channels").slots == {"z500": ("z500", None), "t2m": ("t2m", None)}
+    with pytest.raises(UserError, match="layout"):
+        store_layout(["z500"], "grib")
+    with pytest.raises(UserError, match="geopotential"):
+        store_layout(["z500", "geopotential"])  # an unknown name colliding with a long name
+
+
+@pytest.mark.parametrize("layout", ["wb2", "channels"])
+def test_level_subsets_round_trip(tmp_path, layout):
+    """Channels with different level sets (z at 200 and 500 hPa, u only at 500, one single-level field):
+    the WeatherBench2 store has the union of levels; u at 200 hPa is never written (NaN fill, no chunk
+    file) and every reader (``channels=True``, the data catalog, the evaluation) sees exactly the
+    written channels, equal to what was written."""
+    import xarray as xr
+
+    from data_catalog import open_forecast_store
+    from evaluation.score import normalize_forecast
+    from pipeline.store import StoreWriter, create_store, open_forecast
+
+    lat, lon = np.linspace(80, -80, 8), np.arange(16) * 22.5
+    chans = ["z500", "u500", "t2m", "z200"]
+    attrs = {"units": "m2 s-2", "long_name": "Geopotential at 500 hPa"}
+    create_store(
+        tmp_path / "s.zarr", times=np.array(["2008-01-01T00", "2008-01-02T00"], "datetime64[ns]"), numbers=np.arange(4),
+        member_coords={"checkpoint": np.zeros(4, int), "pair": np.repeat(np.arange(2), 2), "sign": np.tile([1, -1], 2)},
+        leads=np.arange(3) * np.timedelta64(6, "h"), latitude=lat, longitude=lon, variables=chans,
+        var_attrs={"z500": attrs, "z200": {**attrs, "long_name": "Geopotential at 200 hPa"}, "t2m": {"units": "K"}},
+        chunk_members=2, dtype="float32", layout=layout,
+        attrs={"wxens_chunk_members": 2, "wxens_dtype": "float32", "wxens_variables": chans},
+    )  # fmt: skip
+    w = StoreWriter(tmp_path / "s.zarr")
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.normal(size=(2, 3, 4, 4, 8, 16)).astype(np.float32))  # init, lead, member, C
+    files = [
+        f
+        for i in range(2)
+        for lead in range(3)
+        for f in w.write_lead(i, lead, np.arange(4), x[i, lead], chans)
+    ]
+    assert len(files) == len(set(files)) == 2 * 3 * 2 * 4 and all(
+        (tmp_path / "s.zarr" / f).is_file() for f in files
+    )
+    raw = open_forecast(tmp_path / "s.zarr")
+    if layout == "wb2":
+        assert set(raw.data_vars) == {
+            "geopotential",
+            "u_component_of_wind",
+            "2m_temperature",
+            "nonfinite_step",
+            "nonfinite",
+        }
+        assert raw["level"].values.tolist() == [200, 500]
+        u = raw["u_component_of_wind"]
+        assert u.dims[3] == "level" and u.attrs["wxens_levels"] == [500]
+        assert np.isnan(u.sel(level=200).values).all()  # the level u does not have: fill, never written
+        assert not any(f.startswith("u_component_of_wind/c/") and f.split("/")[5] == "0" for f in files)
+        assert raw["geopotential"].attrs["long_name"] == "Geopotential"
+        assert raw["2m_temperature"].attrs["units"] == "K"
+    else:
+        assert set(raw.data_vars) == {*chans, "nonfinite_step", "nonfinite"}
+    want = {
+        c: x[..., k, :, :].permute(0, 2, 1, 3, 4).numpy() for k, c in enumerate(chans)
+    }  # time, number, lead
+    by_channel = open_forecast(tmp_path / "s.zarr", channels=True)
+    catalog = open_forecast_store(tmp_path / "s.zarr")
+    scored = normalize_forecast(xr.open_zarr(tmp_path / "s.zarr"))
+    for ds in (by_channel, catalog, scored):
+        assert {v for v in ds.data_vars if "latitude" in ds[v].dims} == set(chans)
+        for c in chans:
+            got = ds[c].transpose("time", "number", "prediction_timedelta", "latitude", "longitude")
+            np.testing.assert_array_equal(got.sel(latitude=lat).values, want[c])
+    assert by_channel["z200"].attrs["long_name"] == "Geopotential at 200 hPa"

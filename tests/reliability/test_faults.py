@@ -217,13 +217,13 @@ def test_live_lock_is_refused_by_second_claimant(reference, tmp_path, capsys):
 def _corrupt(run_dir: Path) -> dict[str, str]:
     """Truncate one chunk, flip one bit of another, delete a third: three files of three different
     units (inline partials are transient and gone once a run is final; their corruption before that
-    is covered by tests/pipeline/test_inline_finalize.py) (chunk ``var/c/<init>/<member chunk>/<lead>/0/0``; member chunk
+    is covered by tests/pipeline/test_inline_finalize.py) (chunk ``var/c/<init>/<member chunk>/<lead>/<level>/0/0``; member chunk
     ``k`` of 4 members is checkpoint ``k // 2``, block ``k % 2``)."""
     store = run_dir / "forecast.zarr"
     hit = {
-        "truncated": store / "z500/c/0/0/1/0/0",  # t00000-c000-b00000
-        "altered": store / "u500/c/0/3/2/0/0",  # t00000-c001-b00001
-        "deleted": store / "v500/c/1/1/3/0/0",  # t00001-c000-b00001
+        "truncated": store / "geopotential/c/0/0/1/0/0/0",  # t00000-c000-b00000
+        "altered": store / "u_component_of_wind/c/0/3/2/0/0/0",  # t00000-c001-b00001
+        "deleted": store / "v_component_of_wind/c/1/1/3/0/0/0",  # t00001-c000-b00001
     }
     data = hit["truncated"].read_bytes()
     hit["truncated"].write_bytes(data[: len(data) // 3])
@@ -367,7 +367,7 @@ def test_nonfinite_member_flagged_not_valid(toy_world, tmp_path, capsys):
     code, out, err = _cli(["forecast", str(cfg_path), "--run-dir", str(run_dir)], capsys)
     assert code == 0, err
     assert (run_dir / "COMPLETE").is_file()
-    ds = open_forecast(run_dir)
+    ds = open_forecast(run_dir, channels=True)
     first = ds["nonfinite_step"].isel(time=0).values
     z = ds["z500"].isel(time=0).values  # (member, lead, lat, lon)
     bad = first >= 0

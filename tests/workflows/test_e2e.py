@@ -85,7 +85,7 @@ def test_scores_match_independent_numbers(e2e_run) -> None:
     from data_catalog.grid import area_weights
 
     _, run = e2e_run
-    fc = wxens.open_forecast(run / "forecast").load()
+    fc = wxens.open_forecast(run / "forecast", channels=True).load()
     assert fc.attrs["wxens_complete"]
     truth = wxens.open_reanalysis(str(Path(run).parent / "analysis.zarr")).load()
     scores = wxens.open_scores(run / "scores.zarr")
@@ -114,7 +114,7 @@ def test_members_follow_the_layout(e2e_run) -> None:
     import wxens
 
     _, run = e2e_run
-    fc = wxens.open_forecast(run / "forecast")
+    fc = wxens.open_forecast(run / "forecast", channels=True)
     np.testing.assert_array_equal(fc["checkpoint"].values, [0, 0, 0, 0, 1, 1, 1, 1])
     np.testing.assert_array_equal(fc["sign"].values, [1, -1, 1, -1, 1, -1, 1, -1])
     x = fc["z500"].isel(time=0, prediction_timedelta=0).values
@@ -138,7 +138,7 @@ def test_changed_config_restarts_forecast_cleanly(e2e_run, tmp_path: Path) -> No
     assert res.status == "done"
     import wxens
 
-    assert wxens.open_forecast(tmp_path / "run2" / "forecast").sizes["number"] == 4
+    assert wxens.open_forecast(tmp_path / "run2" / "forecast", channels=True).sizes["number"] == 4
 
 
 def test_notebook_runs_against_the_run(e2e_run, monkeypatch: pytest.MonkeyPatch) -> None:
