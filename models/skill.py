@@ -27,7 +27,9 @@ def rollout(
     step = np.timedelta64(int(model.time_step.total_seconds()), "s")
     times = np.asarray(times0).astype("datetime64[s]")
     out = []
-    model.net.eval()
+    net = getattr(model, "net", None)  # a physics model has no network
+    if net is not None:
+        net.eval()
     x = x0.to(model.device)
     with torch.inference_mode(), model._autocast():
         for _ in range(n_steps):

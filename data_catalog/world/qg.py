@@ -198,11 +198,14 @@ class ThreeLevelQG:
         nsteps: int,
         callback: Callable[[int, torch.Tensor, np.ndarray], None] | None = None,
         every: int = 1,
+        rk_start: bool = False,
     ) -> tuple[torch.Tensor, np.ndarray]:
         """Integrate ``nsteps`` steps from PV anomaly ``q`` at times ``t0`` (B,); returns ``(q, t)``.
 
         ``callback(k, q, t)`` after every ``every`` steps (``k`` counts callbacks from 1). The
-        Adams-Bashforth history starts afresh (Euler, AB2, then AB3) at each call.
+        Adams-Bashforth history starts afresh at each call: Euler, AB2, then AB3, or with ``rk_start``
+        two classical Runge-Kutta steps (whose first-stage tendencies seed the AB3 history), so that
+        short calls chained together stay close to one long AB3 integration.
         """
         p = self.p
         t = np.asarray(t0, dtype=np.float64).copy()
@@ -211,7 +214,15 @@ class ThreeLevelQG:
         for n in range(nsteps):
             if self.forced and n % self.forcing_every == 0:
                 thick = self.equilibrium_thickness(t)
-            nl = adams_bashforth(hist, self.tendency(q, thick))
+            k1 = self.tendency(q, thick)
+            if rk_start and n < 2:
+                adams_bashforth(hist, k1)  # history only
+                k2 = self.tendency(q + 0.5 * p.dt * k1, thick)
+                k3 = self.tendency(q + 0.5 * p.dt * k2, thick)
+                k4 = self.tendency(q + p.dt * k3, thick)
+                nl = (k1 + 2 * k2 + 2 * k3 + k4) / 6.0
+            else:
+                nl = adams_bashforth(hist, k1)
             q = (q + p.dt * nl) * self.hyper
             q[..., 0, :] = 0.0
             t = t + p.dt

@@ -97,6 +97,26 @@ class QGWorldSpec:
         }
 
 
+def reference_geopotential() -> torch.Tensor:
+    """The standard-atmosphere geopotential of each level, ``(1, 3, 1, 1)`` (m2 s-2)."""
+    ref = torch.tensor([G0 * REFERENCE_HEIGHT[lv] for lv in LEVELS], dtype=torch.float64)
+    return ref[None, :, None, None]
+
+
+def qg_fields(model: ThreeLevelQG, synth: PointSynthesis, psi: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The store's variables ``(B, 3, lat, lon)`` at ``synth``'s points from the streamfunction
+    ``psi`` (spectral, ``(B, 3, L, M)``): geopotential (reference + ``f0 psi``), the non-divergent
+    winds and the relative vorticity."""
+    zeta = psi * model.tr.lap
+    uv = synth.uv(torch.stack((zeta, torch.zeros_like(zeta)), dim=2))
+    return {
+        "geopotential": reference_geopotential() + model.p.f0 * synth.scalar(psi),
+        "u_component_of_wind": uv[:, :, 0],
+        "v_component_of_wind": uv[:, :, 1],
+        "vorticity": synth.scalar(zeta),
+    }
+
+
 def simulate_qg(spec: QGWorldSpec | None = None) -> xr.Dataset:
     """Run the QG world and return it in memory (store layout, latitude ascending, ``level`` in hPa)."""
     spec = spec or QGWorldSpec()
@@ -131,20 +151,10 @@ def simulate_qg(spec: QGWorldSpec | None = None) -> xr.Dataset:
         q, t = model.run(q, t_start, spin_steps)
         shape = (int(offsets[-1]), len(LEVELS), len(OUT_LAT), len(OUT_LON))
         out = {v: np.empty(shape, dtype=np.float32) for v in VARIABLES}
-        ref = torch.tensor([G0 * REFERENCE_HEIGHT[lv] for lv in LEVELS], dtype=torch.float64)[
-            None, :, None, None
-        ]
         lengths = np.array([len(tt) for tt in times])
 
         def write(k: int, qq: torch.Tensor, tt: np.ndarray) -> None:
-            psi = model.psi_from_q(qq)
-            zeta = psi * model.tr.lap
-            fields = {
-                "geopotential": ref + p.f0 * synth.scalar(psi),
-                "vorticity": synth.scalar(zeta),
-            }
-            uv = synth.uv(torch.stack((zeta, torch.zeros_like(zeta)), dim=2))
-            fields["u_component_of_wind"], fields["v_component_of_wind"] = uv[:, :, 0], uv[:, :, 1]
+            fields = qg_fields(model, synth, model.psi_from_q(qq))
             live = np.nonzero(lengths > k)[0]
             for name, arr in fields.items():
                 out[name][offsets[live] + k] = arr[live].numpy().astype(np.float32)
