@@ -27,12 +27,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 import numpy as np
 import torch
 
+from data_catalog.errors import UserError
 from data_catalog.world.model import DAY, Mountain, adams_bashforth, orography, seasonal_index
 from data_catalog.world.spectral import SphereTransforms
 
@@ -241,6 +243,33 @@ class ThreeLevelQG:
         psi = self.psi_from_q(q)
         g = self.tr.to_grid(psi) * self.tr.to_grid(q)
         return -0.5 * self.tr.mean(g.sum(dim=1))
+
+
+def params_from(d: dict[str, Any]) -> QGParams:
+    """:class:`QGParams` with the world's values except those in ``d`` (numbers; no mountains)."""
+    names = {f.name for f in fields(QGParams)} - {"mountains"}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise UserError(f"unknown QG parameter(s) {', '.join(unknown)} (known: {', '.join(sorted(names))})")
+    bad = [k for k, v in d.items() if isinstance(v, bool) or not isinstance(v, (int, float))]
+    if bad:
+        raise UserError(f"QG parameter(s) {', '.join(bad)} must be numbers")
+    return QGParams(**{k: type(getattr(QGParams(), k))(v) for k, v in d.items()})
+
+
+def parse_settings(items: Sequence[str]) -> dict[str, float]:
+    """``["u_top=57", "tau_relax_days=12"]`` -> ``{"u_top": 57.0, "tau_relax_days": 12.0}``."""
+    out: dict[str, float] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            if not sep or not name.strip():
+                raise ValueError
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise UserError(f"--set takes NAME=NUMBER, not {item!r}") from None
+    params_from(out)  # checks the names
+    return out
 
 
 # ---------------------------------------------------------------------- diagnostics of the world

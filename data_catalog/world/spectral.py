@@ -133,3 +133,32 @@ class PointSynthesis(torch.nn.Module):
     def uv(self, vrtdiv: torch.Tensor) -> torch.Tensor:
         """Winds (u, v) at the output points from spectral (vorticity, divergence)."""
         return self.ivsht(vrtdiv * (self.invlap / self.radius))
+
+
+class PointAnalysis:
+    """Least-squares inverse of :class:`PointSynthesis`: spectral coefficients ``(..., L, M)`` of
+    fields ``(..., lat, lon)`` given at the synthesis points. Exact for fields of the truncation (the
+    worlds' stores), the best fit in the area-unweighted least-squares sense otherwise.
+
+    The unknowns are the real and imaginary parts of the triangle's coefficients (``l >= m``; no
+    imaginary part at ``m = 0``); the pseudo-inverse of the synthesis matrix is formed once.
+    """
+
+    def __init__(self, synth: PointSynthesis, lmax: int) -> None:
+        basis = []
+        for m in range(lmax):
+            for part in (1.0 + 0j, 1j) if m > 0 else (1.0 + 0j,):
+                for ell in range(m, lmax):
+                    c = torch.zeros(lmax, lmax, dtype=torch.complex128)
+                    c[ell, m] = torch.tensor(part, dtype=torch.complex128)
+                    basis.append(c)
+        self.basis = torch.stack(basis)  # (dofs, L, M)
+        with torch.no_grad():
+            s = synth.scalar(self.basis).reshape(len(basis), -1)  # (dofs, points)
+        self.pinv = torch.linalg.pinv(s.T)  # (dofs, points)
+
+    def __call__(self, grid: torch.Tensor) -> torch.Tensor:
+        lead = grid.shape[:-2]
+        flat = grid.reshape(-1, grid.shape[-2] * grid.shape[-1]).to(torch.float64)
+        dofs = (flat @ self.pinv.T).to(torch.complex128)  # (n, dofs)
+        return torch.einsum("nd,dlm->nlm", dofs, self.basis).reshape(*lead, *self.basis.shape[1:])

@@ -1,0 +1,93 @@
+"""Cycled analyses of the QG world (data_catalog.world.qg_analysis): perfect observations with full
+gain give back the truth, no observations give a free run that drifts away, the default assimilation
+settles in between; the recorded error matches one computed from the stores; the command's errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from data_catalog.errors import UserError
+from data_catalog.world.qg_analysis import CycledAnalysisSpec, cycled_analysis, main
+from data_catalog.world.qg_store import QGWorldSpec, build_qg_world
+
+pytestmark = pytest.mark.xdist_group("qg-analysis")
+
+
+@pytest.fixture(scope="module")
+def truth(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("qga")
+    return build_qg_world(root / "qg.zarr", QGWorldSpec(years=2, days=6, spinup_days=30.0))
+
+
+def _z500_rms(a: xr.Dataset, b: xr.Dataset) -> np.ndarray:
+    """Area-weighted RMS difference of z500 per time, on the store grid."""
+    d = a["geopotential"].sel(level=500) - b["geopotential"].sel(level=500)
+    w = np.cos(np.deg2rad(a["latitude"]))
+    return np.sqrt(((d**2) * w).sum(("latitude", "longitude")) / (w.sum() * a.sizes["longitude"])).values
+
+
+def test_perfect_observations_give_the_truth_and_none_give_a_drift(truth: Path) -> None:
+    t = xr.open_zarr(truth).load()
+    exact = cycled_analysis(t, CycledAnalysisSpec(obs_error=0.0, gain=1.0, obs_lmax=22))
+    assert set(exact.data_vars) == set(t.data_vars) and exact["geopotential"].dims == t["geopotential"].dims
+    np.testing.assert_array_equal(exact["time"].values, t["time"].values)
+    for v in ("geopotential", "u_component_of_wind", "vorticity"):
+        scale = float(np.abs(t[v]).max())
+        assert float(np.abs(exact[v] - t[v]).max()) < 1e-5 * scale, v
+    free = _z500_rms(cycled_analysis(t, CycledAnalysisSpec(obs_error=0.0, gain=0.0)), t)
+    cycled = cycled_analysis(t, CycledAnalysisSpec(), years=(2001, 2001))
+    assert pd_years(cycled) == {2001}
+    err = _z500_rms(cycled, t.sel(time=cycled["time"]))
+    n = cycled.sizes["time"]
+    assert free[-1] > 2 * err[-4:].mean()  # observations hold the analysis near the truth
+    assert 0.1 * 150 < err[-4:].mean() < 2 * 150  # of the order of the observation error
+    rec = json.loads(cycled.attrs["analysis_rms_error"])
+    assert rec["levels"] == [200, 500, 800] and rec["background"][1] > rec["analysis"][1] > 0
+    # the recorded error (transform grid, every cycle) agrees with the stores' (output grid)
+    assert abs(rec["analysis"][1] / np.sqrt((err[1:] ** 2).mean()) - 1) < 0.1, (rec, n)
+
+
+def pd_years(ds: xr.Dataset) -> set[int]:
+    return {int(y) for y in ds["time"].dt.year.values}
+
+
+def test_bad_settings_and_command_errors(truth: Path, tmp_path: Path) -> None:
+    t = xr.open_zarr(truth)
+    for spec, msg in (
+        (CycledAnalysisSpec(gain=1.5), "gain"),
+        (CycledAnalysisSpec(obs_lmax=40), "obs_lmax"),
+        (CycledAnalysisSpec(model={"u_tpo": 1.0}), "u_tpo"),
+    ):
+        with pytest.raises(UserError, match=msg):
+            cycled_analysis(t, spec)
+    with pytest.raises(UserError, match="no times of 1990"):
+        cycled_analysis(t, years=(1990, 1991))
+    out = tmp_path / "a.zarr"
+    assert main([str(out), "--truth", str(truth), "--years", "2000", "--set", "u_top=58"]) == 0
+    a = xr.open_zarr(out)
+    assert pd_years(a) == {2000} and json.loads(a.attrs["analysis_spec"])["model"] == {"u_top": 58.0}
+    with pytest.raises(UserError, match="exists"):
+        main([str(out), "--truth", str(truth)])
+    with pytest.raises(UserError, match="--years"):
+        main([str(tmp_path / "b.zarr"), "--truth", str(truth), "--years", "20x0"])
+    with pytest.raises(UserError, match="gain"):
+        main(
+            [
+                str(tmp_path / "d.zarr"),
+                "--truth",
+                str(truth),
+                "--obs-error",
+                "100",
+                "--obs-lmax",
+                "12",
+                "--gain",
+                "2",
+            ]
+        )
+    with pytest.raises(UserError, match="no zarr store"):
+        main([str(tmp_path / "c.zarr"), "--truth", str(tmp_path / "nothing")])
