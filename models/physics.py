@@ -108,13 +108,9 @@ class QGForecastModel:
 
     def rmse_at(self, hours: int = 48) -> dict[str, float]:
         """Validation RMSE per channel at lead ``hours`` from ``skill.json``."""
-        if not self.skill:
-            raise UserError("this physics checkpoint has no skill.json")
-        leads = list(self.skill["lead_hours"])
-        if hours not in leads:
-            raise UserError(f"no validation RMSE at {hours} h (leads: {leads[0]}..{leads[-1]} h)")
-        i = leads.index(hours)
-        return {c: float(v[i]) for c, v in self.skill["rmse"].items()}
+        from models.skill import rmse_at
+
+        return rmse_at(self.skill, hours)
 
     def __repr__(self) -> str:
         return f"QGForecastModel({changed_params(self.params)})"

@@ -42,6 +42,20 @@ def rollout(
     return torch.stack(out)
 
 
+def rmse_at(skill: dict | None, hours: int = 48) -> dict[str, float]:
+    """Validation RMSE per channel at lead ``hours`` from a skill file's content (a checkpoint's
+    ``skill.json``, as :func:`skill_table` writes it)."""
+    from data_catalog.errors import UserError
+
+    if not skill:
+        raise UserError("this checkpoint has no skill.json")
+    leads = list(skill["lead_hours"])
+    if hours not in leads:
+        raise UserError(f"no validation RMSE at {hours} h (leads: {leads[0]}..{leads[-1]} h)")
+    i = leads.index(hours)
+    return {c: float(v[i]) for c, v in skill["rmse"].items()}
+
+
 def weighted_rmse(err: torch.Tensor, latitude: np.ndarray) -> torch.Tensor:
     """Latitude-weighted RMSE over ``(..., N, C, lat, lon)`` -> ``(..., C)`` (mean over N inside the root)."""
     w = torch.as_tensor(area_weights(latitude), dtype=torch.float64, device=err.device).view(-1, 1)

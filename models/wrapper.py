@@ -281,15 +281,9 @@ class SFNOForecastModel:
 
     def rmse_at(self, hours: int = 48) -> dict[str, float]:
         """Validation RMSE per channel at lead ``hours`` from ``skill.json``."""
-        from data_catalog.errors import UserError
+        from models.skill import rmse_at
 
-        if not self.skill:
-            raise UserError("this checkpoint has no skill.json")
-        leads = list(self.skill["lead_hours"])
-        if hours not in leads:
-            raise UserError(f"no validation RMSE at {hours} h (leads: {leads[0]}..{leads[-1]} h)")
-        i = leads.index(hours)
-        return {c: float(v[i]) for c, v in self.skill["rmse"].items()}
+        return rmse_at(self.skill, hours)
 
     def __repr__(self) -> str:
         cfg = self.net.config

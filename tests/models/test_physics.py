@@ -69,6 +69,11 @@ def test_checkpoint_skill_and_loader(world: Path, tmp_path: Path) -> None:
     assert wrong.skill["rmse"]["z500"][-1] > wrong.skill["rmse"]["z500"][0]
     loaded = load_qg_model(tmp_path / "wrong")
     assert loaded.params.u_top == 57.0 and loaded.rmse_at(48) == wrong.rmse_at(48)
+    assert loaded.rmse_at(6)["u500"] == wrong.skill["rmse"]["u500"][0]
+    with pytest.raises(UserError, match="no validation RMSE at 72 h"):
+        loaded.rmse_at(72)  # the skill file has 8 leads (6-48 h)
+    with pytest.raises(UserError, match="no skill.json"):
+        QGForecastModel().rmse_at(48)
     (tmp_path / "bad").mkdir()
     with pytest.raises(UserError, match="not a physics checkpoint"):
         load_qg_model(tmp_path / "bad")
