@@ -32,6 +32,7 @@ import shutil
 import sys
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -537,13 +538,34 @@ def publish(res: dict[str, Any], fig_src: Path, docs_dir: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- main
-def init_times(first: str, last: str, n: int) -> list[str]:
-    """``n`` init times evenly spread over [first, last], rounded to 6 h."""
+def init_times(
+    first: str,
+    last: str,
+    n: int,
+    trajectory_starts: Sequence[str] = (),
+    lead_hours: float = 0.0,
+    breed_hours: float = 0.0,
+) -> list[str]:
+    """``n`` init times evenly spread over [first, last], rounded to 6 h. With ``trajectory_starts``
+    (an analysis made of independent runs, as the embedded worlds' calendar years), an init whose
+    breeding (``breed_hours`` before) or verification (``lead_hours`` after) would cross the start of
+    another trajectory is moved inside its own: the forecast would otherwise be verified against, or
+    bred through, an unrelated state."""
     t0, t1 = np.datetime64(first, "h"), np.datetime64(last, "h")
     span = (t1 - t0) / max(n - 1, 1)
-    return [
-        str(t0 + np.timedelta64(int(round(i * span / np.timedelta64(6, "h"))) * 6, "h")) for i in range(n)
-    ]
+    six = np.timedelta64(6, "h")
+    out = [t0 + np.timedelta64(int(round(i * span / six)) * 6, "h") for i in range(n)]
+    starts = sorted(np.datetime64(s, "h") for s in trajectory_starts)
+    lead = np.timedelta64(int(round(lead_hours)), "h")
+    breed = np.timedelta64(int(round(breed_hours)), "h")
+    for i, t in enumerate(out):
+        for s in starts:
+            if t < s <= t + lead:  # verification would run into the next trajectory
+                t = s - six - lead
+            elif t - breed < s <= t:  # breeding would start in the previous one
+                t = s + breed
+        out[i] = t
+    return [str(t) for t in out]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -609,7 +631,10 @@ def main(argv: list[str] | None = None) -> int:
     ckpts = sorted(str(p) for p in Path(folder).iterdir() if p.is_dir())
     if not ckpts:
         raise UserError(f"no checkpoint folders in {folder}")
-    inits = init_times(args.first, args.last, args.inits)
+    starts = json.loads(open_analysis(args.analysis).attrs.get("trajectory_starts", "[]"))
+    inits = init_times(
+        args.first, args.last, args.inits, starts, lead_hours=6.0 * args.leads, breed_hours=6.0 * args.cycles
+    )
     out = Path(args.out_dir)
     t0 = time.time()
     cfgs = experiment_configs(

@@ -197,6 +197,7 @@ def simulate_qg(spec: QGWorldSpec | None = None) -> xr.Dataset:
             "world_spec": json.dumps(spec.as_dict(), sort_keys=True),
             "seed": seed,
             "trajectory_seeds": json.dumps(seeds),
+            "trajectory_starts": json.dumps([str(t[0]) for t in times]),
             "note": "each calendar year is an independent trajectory (spun up for spinup_days)",
             "split_train": "/".join(SPLITS["train"]),
             "split_valid": "/".join(SPLITS["valid"]),

@@ -38,6 +38,12 @@ def test_layout_and_channels(store: Path) -> None:
     names = [f"{v}{lv}" for v in ("z", "u", "v", "vo") for lv in LEVELS]
     assert sorted(n for n in opened.data_vars if n != "orography") == sorted(names)
     assert opened.latitude.values[0] > opened.latitude.values[-1]
+    # each year is its own run: training windows and skill inits never straddle the restart
+    from models.data import load_years
+
+    block = load_years(opened, ["z500"], (2000, 2001))
+    assert block.segment_starts.tolist() == [8]
+    assert 5 not in block.window_starts(3).tolist() and 4 in block.window_starts(3).tolist()
     with pytest.raises(UserError, match="already exists"):
         build_qg_world(store, QGWorldSpec(years=1, days=1, spinup_days=1.0))
 

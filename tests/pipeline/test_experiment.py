@@ -276,3 +276,21 @@ def test_stochastic_schedule_parsing_validation_and_identity(world):
     g = StochasticForcing(torch.ones(4), lat, lon, 1000.0, [4.0, 0.0, 0.0, 2.0], schedule=f.schedule)
     np.testing.assert_allclose(g.ramp(1).flatten().numpy(), [0.25, 1.0, 1.0, 0.5])
     np.testing.assert_allclose(g.ramp(30).flatten().numpy(), [0.75] * 4)
+
+
+def test_init_times_stay_inside_one_trajectory():
+    """An init whose 10-day verification would run into the next calendar year's independent run is
+    moved back to end before it; one whose breeding would start in the previous run is moved forward;
+    without trajectory starts the even spread is unchanged."""
+    starts = ["2008-01-01T00", "2009-01-01T00"]
+    plain = ex.init_times("2008-01-10T00", "2009-12-01T00", 40)
+    moved = ex.init_times("2008-01-10T00", "2009-12-01T00", 40, starts, lead_hours=240, breed_hours=18)
+    assert "2008-12-29T06" in plain and "2008-12-21T18" in moved
+    assert [a == b for a, b in zip(plain, moved, strict=True)].count(False) == 1
+    assert ex.init_times("2008-12-31T00", "2009-01-01T06", 2, starts, lead_hours=24, breed_hours=18) == [
+        "2008-12-30T18",
+        "2009-01-01T18",
+    ]
+    for t in moved:
+        t0 = np.datetime64(t)
+        assert t0.astype("datetime64[Y]") == (t0 + np.timedelta64(240, "h")).astype("datetime64[Y]")
