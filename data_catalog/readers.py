@@ -70,7 +70,8 @@ _METADATA_FILES = ("zarr.json", ".zgroup", ".zmetadata")
 
 def _builtin_store(name: str) -> str:
     """Path of a builtin store, built (and cached) on first use by ``data_catalog.world``: ``sphere-swe``
-    (shallow water) or ``qg3`` (three-level QG, :mod:`data_catalog.world.qg_store`)."""
+    (shallow water), ``qg3`` (three-level QG, :mod:`data_catalog.world.qg_store`) or ``qg3-analysis``
+    (cycled analyses of ``qg3``, :mod:`data_catalog.world.qg_analysis`)."""
     if name == "sphere-swe":
         from data_catalog.world import world_store  # lazy: heavy, and built on first use
 
@@ -79,8 +80,13 @@ def _builtin_store(name: str) -> str:
         from data_catalog.world.qg_store import qg_world_store
 
         return str(qg_world_store())
+    if name == "qg3-analysis":
+        from data_catalog.world.qg_analysis import qg_analysis_store
+
+        return str(qg_analysis_store())
     raise UserError(
-        f"unknown builtin store 'builtin:{name}' (builtin stores: builtin:sphere-swe, builtin:qg3)"
+        f"unknown builtin store 'builtin:{name}' "
+        "(builtin stores: builtin:sphere-swe, builtin:qg3, builtin:qg3-analysis)"
     )
 
 

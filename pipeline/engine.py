@@ -361,6 +361,7 @@ def make_perturbation(cfg: ForecastConfig, plan: Plan, model: Any) -> Any:
         boundary=p.boundary,
         length_scale_km=p.length_scale_km,
         nonnegative=_nonneg(cfg, plan),
+        noise_fraction=p.noise_fraction,
     )
 
 

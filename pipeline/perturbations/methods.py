@@ -84,6 +84,10 @@ class BredVectors:
     ``d = R(p - c)``, where ``R`` rescales each channel's extratropical hemispheric norms to
     ``target = alpha x RMSE_48h`` (:class:`HemisphericNorm`) and the bred perturbation is re-centred on the
     next analysis ``a_{k+1}``. Members are ``a_0 +/- d``. All pairs are bred together as one batch.
+    With ``noise_fraction`` f > 0 the final ``d`` becomes ``R(sqrt(1 - f) d + sqrt(f) R(n))``, ``n`` a
+    spherical random field on every channel drawn after the seed from the pair's generator: the bred
+    vector keeps the flow's growing structures, the noise covers the error the breeding cannot see
+    (scales and channels the model's dynamics do not carry within the cycles).
     """
 
     def __init__(
@@ -96,9 +100,13 @@ class BredVectors:
         boundary: float = 20.0,
         length_scale_km: float = 500.0,
         nonnegative: torch.Tensor | None = None,
+        noise_fraction: float = 0.0,
     ) -> None:
         if cycles < 1:
             raise ValueError("bred vectors need at least one breeding cycle")
+        if not 0.0 <= noise_fraction <= 1.0:
+            raise ValueError("noise_fraction must be in [0, 1]")
+        self.noise_fraction = float(noise_fraction)
         self.amplitude = amplitude.to(torch.float32)
         self.seed_channel = int(seed_channel)
         self.cycles = int(cycles)
@@ -118,6 +126,9 @@ class BredVectors:
             raise ValueError(f"bred vectors need {self.cycles + 1} analyses, got {k1}")
         p = len(generators)
         seed = _stack_draws(lambda g: self.grf.sample(1, g)[0], generators).to(torch.float32)  # (P, lat, lon)
+        noise = None
+        if self.noise_fraction > 0:  # drawn now, after the seed, from each pair's own generator
+            noise = _stack_draws(lambda g: self.grf.sample(c, g), generators).to(torch.float32)
         d = torch.zeros((p, c, nlat, nlon), dtype=torch.float32)
         d[:, self.seed_channel] = seed
         d = d.to(analyses.device)
@@ -132,4 +143,8 @@ class BredVectors:
             if not torch.isfinite(d).all():
                 log.warning("non-finite bred perturbation at cycle %d; zeroing those values", k)
                 d = torch.nan_to_num(d, nan=0.0, posinf=0.0, neginf=0.0)
+        if noise is not None:
+            f = self.noise_fraction
+            n = self.norm.rescale(noise.to(d.device), target)
+            d = self.norm.rescale((1.0 - f) ** 0.5 * d + f**0.5 * n, target)
         return d.to(analyses.dtype)

@@ -91,3 +91,39 @@ def test_bad_settings_and_command_errors(truth: Path, tmp_path: Path) -> None:
         )
     with pytest.raises(UserError, match="no zarr store"):
         main([str(tmp_path / "c.zarr"), "--truth", str(tmp_path / "nothing")])
+
+
+def test_builtin_qg3_analysis_is_cached_and_opens(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``qg_analysis_store`` builds the world (if needed) and its analyses once into ``$WXENS_CACHE``,
+    then reuses them; the store equals ``cycled_analysis`` of that world; ``build=False`` on a missing
+    store names ``builtin:qg3-analysis``; another spec is another store; ``builtin:qg3-analysis`` and
+    the catalog entry ``qg3-analysis`` open it as 12 level channels."""
+    from data_catalog.readers import open_reanalysis
+    from data_catalog.world import qg_analysis
+
+    monkeypatch.setenv("WXENS_CACHE", str(tmp_path / "cache"))
+    world = QGWorldSpec(years=1, days=1, spinup_days=1.0)
+    with pytest.raises(UserError, match=r"not built yet \(open builtin:qg3-analysis"):
+        qg_analysis.qg_analysis_store(build=False, world=world)
+    path = qg_analysis.qg_analysis_store(world=world)
+    assert path.parent == tmp_path / "cache" and path.name.startswith("qg3-analysis-v1-")
+    stamp = (path / "zarr.json").stat().st_mtime_ns
+    assert qg_analysis.qg_analysis_store(world=world) == path
+    assert (path / "zarr.json").stat().st_mtime_ns == stamp
+    from data_catalog.world.qg_store import qg_world_store
+
+    expected = cycled_analysis(xr.open_zarr(qg_world_store(build=False, spec=world)))
+    got = xr.open_zarr(path)
+    for v in ("geopotential", "vorticity"):
+        np.testing.assert_array_equal(got[v].values, expected[v].values)
+    assert got.attrs["analysis_spec"] == expected.attrs["analysis_spec"]
+    other = qg_analysis.qg_analysis_store(spec=CycledAnalysisSpec(gain=0.2), world=world)
+    assert other != path and not np.array_equal(
+        xr.open_zarr(other)["geopotential"].values, got["geopotential"].values
+    )
+    monkeypatch.setattr(qg_analysis, "qg_analysis_store", lambda build=True, spec=None, world=None: path)
+    for source in ("builtin:qg3-analysis", "qg3-analysis"):
+        ds = open_reanalysis(source)
+        assert "z500" in ds and "vo800" in ds and ds.sizes["time"] == 4
+    with pytest.raises(UserError, match="builtin:qg3-analysis"):
+        open_reanalysis("builtin:qg3-analyses")

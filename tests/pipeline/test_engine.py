@@ -200,6 +200,12 @@ def test_config_errors_are_one_line(world, reference_run, tmp_path):
         run_forecast(base_config(world, output={"dtype": "float16"}), tmp_path / "f16")
     with pytest.raises(UserError, match="no data"):
         run_forecast(base_config(world, init_times=["2008-01-01T06"]), tmp_path / "early")
+    mixed = {"method": "spherical", "noise_fraction": 0.5}
+    with pytest.raises(UserError, match="noise_fraction mixes noise into bred vectors"):
+        run_forecast(base_config(world, perturbation=mixed), tmp_path / "mixed")
+    with pytest.raises(UserError, match="noise_fraction"):
+        run_forecast(base_config(world, perturbation={"noise_fraction": 1.2}), tmp_path / "mixed2")
+    assert not (tmp_path / "mixed").exists() and not (tmp_path / "mixed2").exists()
 
 
 def test_float16_refuses_tiny_channels(world, tmp_path):

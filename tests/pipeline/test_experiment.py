@@ -294,3 +294,77 @@ def test_init_times_stay_inside_one_trajectory():
     for t in moved:
         t0 = np.datetime64(t)
         assert t0.astype("datetime64[Y]") == (t0 + np.timedelta64(240, "h")).astype("datetime64[Y]")
+
+
+def test_paired_differences_and_significance():
+    """The paired mean difference and its standard error equal scipy's ``sem`` of the per-init
+    differences; a lead where (a) loses by more than 2 SE is significant, a smaller loss is a tie."""
+    from scipy import stats
+
+    rng = np.random.default_rng(3)
+    inits = np.array(["2008-01-01", "2008-02-01", "2008-03-01", "2008-04-01", "2008-05-01"], "datetime64[ns]")
+    h = [0.0, 24.0, 48.0, 72.0, 264.0]
+    base = rng.uniform(1.0, 2.0, size=(5, 5, 1)) + np.arange(5)[None, :, None]
+    noise = rng.normal(0.0, 0.05, size=base.shape)
+    crps_a = base + noise
+    crps_a[:, 1] = base[:, 1] + 0.5  # (a) worse at 24 h by 0.5 in every init: significant
+    crps_a[:, 2] = base[:, 2] + np.array([0.3, -0.3, 0.2, -0.1, 0.0])[:, None]  # mean +0.02: a tie
+    crps_a[:, 3:] = base[:, 3:] - 0.1  # (a) better
+    scores = {
+        name: {"crps": crps_a if name == ex.RUNS[0] else base, "inits": inits, "channels": ["x"]}
+        for name in (*ex.RUNS, ex.CLIM)
+    }
+    paired = ex.paired_differences(scores)
+    assert set(paired) == {*ex.RUNS[1:], ex.CLIM} and paired[ex.CLIM]["n"] == 5
+    d = crps_a[:, :, 0] - base[:, :, 0]
+    np.testing.assert_allclose(paired[ex.CLIM]["diff"]["x"], d.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(paired[ex.CLIM]["se"]["x"], stats.sem(d, axis=0), rtol=1e-12)
+    res = _res(
+        {k: [float(v) for v in s["crps"].mean(0)[:, 0]] for k, s in scores.items()}, [np.nan, 1, 1, 1, 1]
+    )
+    res["lead_hours"], res["paired"] = h, paired
+    t = ex.target_check(res)["x"]
+    assert not t["crps_lowest"] and not t["crps_not_beaten"] and t["ssr_in_range"]
+    assert t["reasons"][0] == "(b) CRPS <= (a) at 24 h, 48 h (significant at 24 h; within 2 SE at 48 h)"
+    res["paired"] = ex.paired_differences(
+        {k: dict(s, crps=s["crps"][:, [0, 2, 2, 3, 4]]) for k, s in scores.items()}
+    )
+    res["forecasts"] = _res(
+        {k: [float(v) for v in s["crps"][:, [0, 2, 2, 3, 4]].mean(0)[:, 0]] for k, s in scores.items()},
+        [np.nan, 1, 1, 1, 1],
+    )["forecasts"]
+    t = ex.target_check(res)["x"]
+    assert not t["crps_lowest"] and t["crps_not_beaten"] and not t["pass"]
+    assert "within 2 SE at 24 h, 48 h" in t["reasons"][0]
+    # other inits (or a single init): no paired differences, and the check says nothing about them
+    other = dict(scores, e_probclim=dict(scores[ex.CLIM], inits=inits + np.timedelta64(1, "h")))
+    assert ex.paired_differences(other) == {}
+    assert (
+        ex.paired_differences({k: dict(s, inits=inits[:1], crps=s["crps"][:1]) for k, s in scores.items()})
+        == {}
+    )
+    res.pop("paired")
+    assert ex.target_check(res)["x"]["crps_not_beaten"] is None
+
+
+def test_noise_fraction_goes_to_the_bred_runs_only(tmp_path, capsys):
+    from pipeline.config import ForecastConfig
+
+    cfgs = ex.experiment_configs(["c0", "c1"], ["2008-01-02T00"], 4, 2, "a.zarr", "m:f", noise_fraction=0.3)
+    p = {k: v["perturbation"] for k, v in cfgs.items()}
+    assert p["a_bred_x_ckpts"]["noise_fraction"] == 0.3 == p["b_bred_x_1ckpt"]["noise_fraction"]
+    assert "noise_fraction" not in p["d_noise_x_ckpts"] and p["c_ckpts_only"] == {"method": "none"}
+    assert ForecastConfig.model_validate(cfgs["a_bred_x_ckpts"]).perturbation.noise_fraction == 0.3
+    assert (
+        "noise_fraction"
+        not in ex.experiment_configs(["c0"], ["2008-01-02T00"], 4, 2, "a", "m:f")["a_bred_x_ckpts"][
+            "perturbation"
+        ]
+    )  # the default keeps earlier configs (and their resumable runs) unchanged
+    for bad in ("1.5", "-0.1", "half"):
+        with pytest.raises(SystemExit) as e:
+            ex.main([str(tmp_path / "x"), "--noise-fraction", bad])
+        assert e.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err.endswith(f"a fraction in [0, 1] is needed, not '{bad}'")
+    assert not (tmp_path / "x").exists()

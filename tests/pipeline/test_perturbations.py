@@ -206,3 +206,43 @@ def test_noise_baselines_amplitude(cls):
     torch.testing.assert_close(rms, amp.double().expand(8, 3), rtol=tol, atol=0)
     solo = m(None, a, [np.datetime64("2008-01-01")], [torch.Generator().manual_seed(5)])
     torch.testing.assert_close(solo[0].double(), d[5], rtol=0, atol=0)
+
+
+def test_bred_vectors_with_a_noise_fraction():
+    """``noise_fraction`` f: the result is R(sqrt(1-f) d + sqrt(f) R(n)) with d the pure bred vector of
+    the same generators and n the field drawn after the seed (computed here by hand); norms exact;
+    f = 0 is bitwise the pure bred vector; f = 1 has no bred part; pairs stay independent."""
+    ds = synthetic_analysis(periods=6)
+    model = ToyModel(seed=3)
+    a = torch.tensor(np.stack([ds[c].values for c in CHANNELS], 1)[:4])
+    times = list(ds.time.values[:4])
+    amp = torch.tensor([0.35 * 0.5 * STDS[c] for c in CHANNELS])
+
+    def gens(pairs=range(3)):
+        return [torch.Generator().manual_seed(derive_seed(5, times[-1], 1, p)) for p in pairs]
+
+    def bred(f):
+        return BredVectors(amp, model.latitude, model.longitude, 0, 3, noise_fraction=f)
+
+    pure = bred(0.0)(model, a, times, gens())
+    mixed = bred(0.3)(model, a, times, gens())
+    noise = []
+    for g in gens():
+        bred(0.0).grf.sample(1, g)  # the seed comes first from each pair's stream
+        noise.append(bred(0.0).grf.sample(4, g).float())
+    hn = HemisphericNorm(model.latitude, 20.0)
+    want = hn.rescale(0.7**0.5 * pure + 0.3**0.5 * hn.rescale(torch.stack(noise), amp), amp)
+    torch.testing.assert_close(mixed, want, rtol=1e-5, atol=1e-6 * float(amp.max()))
+    nn_, ns = hn.norms(mixed)
+    torch.testing.assert_close(nn_, amp.expand(3, 4), rtol=1e-4, atol=0)
+    torch.testing.assert_close(ns, amp.expand(3, 4), rtol=1e-4, atol=0)
+    corr = float((mixed * pure).sum() / (mixed.norm() * pure.norm()))
+    assert 0.6 < corr < 0.95  # mostly the bred vector, not all of it
+    only_noise = bred(1.0)(model, a, times, gens())
+    torch.testing.assert_close(
+        only_noise, hn.rescale(torch.stack(noise), amp), rtol=1e-5, atol=1e-6 * float(amp.max())
+    )
+    assert torch.equal(bred(0.0)(model, a, times, gens()), pure)
+    torch.testing.assert_close(bred(0.3)(model, a, times, gens([2]))[0], mixed[2], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="noise_fraction"):
+        bred(1.5)
