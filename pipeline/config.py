@@ -25,6 +25,11 @@ class InitRange(_Strict):
     every_hours: int = Field(24, ge=1)
 
 
+#: perturbation fields added after runs existed, with the value that leaves the output as before; at
+#: that value they are left out of :meth:`ForecastConfig.identity`, so those runs still resume
+ADDED_LATER: dict[str, Any] = {"stochastic_schedule": None, "noise_fraction": 0.0}
+
+
 class PerturbationConfig(_Strict):
     """Initial-condition perturbation.
 
@@ -179,8 +184,9 @@ class ForecastConfig(_Strict):
         d.pop("progress", None)
         d.pop("device", None)
         d.pop("io_threads", None)
-        if d["perturbation"].get("stochastic_schedule") is None:  # added later: old runs keep their identity
-            d["perturbation"].pop("stochastic_schedule", None)
+        for key, neutral in ADDED_LATER.items():  # at their neutral value: old runs keep their identity
+            if d["perturbation"].get(key) == neutral:
+                d["perturbation"].pop(key, None)
         return d
 
     def identity_hash(self) -> str:

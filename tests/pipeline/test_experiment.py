@@ -368,3 +368,20 @@ def test_noise_fraction_goes_to_the_bred_runs_only(tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()[-1]
         assert err.endswith(f"a fraction in [0, 1] is needed, not '{bad}'")
     assert not (tmp_path / "x").exists()
+
+
+def test_noise_fraction_zero_keeps_the_identity_of_earlier_runs():
+    """Runs made before ``noise_fraction`` existed still resume: at 0 it is not part of the identity.
+    The hash below is what the code before the field (commit ad46420) gives for this config."""
+    from pipeline.config import ForecastConfig
+
+    cfg = {"analysis": "a.zarr", "init_times": ["2008-01-02T00"], "checkpoints": ["c0", "c1"], "lead_steps": 4,
+           "model_loader": "m:f", "perturbation": {"method": "bred", "n_pairs": 2}}  # fmt: skip
+    plain = ForecastConfig.model_validate(cfg)
+    assert plain.identity_hash() == "f2de412563770fb1"
+    assert "noise_fraction" not in plain.identity()["perturbation"]
+    mixed = ForecastConfig.model_validate(
+        {**cfg, "perturbation": {**cfg["perturbation"], "noise_fraction": 0.25}}
+    )
+    assert mixed.identity()["perturbation"]["noise_fraction"] == 0.25
+    assert mixed.identity_hash() != plain.identity_hash()
