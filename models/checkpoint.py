@@ -147,8 +147,13 @@ def _load_foreign(path: Path) -> dict[str, torch.Tensor]:
     return {str(k).removeprefix("module."): v for k, v in obj.items()}
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> SFNOForecastModel:
+def load_checkpoint(
+    path: str | Path, device: str | torch.device = "cpu", spectral_filter: bool = True
+) -> SFNOForecastModel:
     """Load a checkpoint directory as an :class:`SFNOForecastModel` on ``device``.
+
+    A calibrated ``spectral_filter.json`` next to the weights (:mod:`models.spectral_filter`) is applied
+    after every step unless ``spectral_filter=False`` (``model.spectral_filter`` is then None).
 
     Raises :class:`UserError` (one line) for a missing directory or file, a truncated or altered
     weights file (sha256 mismatch), an unsafe pickle, or weights that do not fit the architecture.
@@ -202,6 +207,11 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> SFN
     model.time_step = dt.timedelta(hours=float(meta.get("time_step_hours", 6.0)))
     if (p / SKILL).is_file():
         model.skill = _read_json(p / SKILL, "skill")
+    from models.spectral_filter import FILTER_FILE, SpectralFilter, read_filter
+
+    if spectral_filter and (p / FILTER_FILE).is_file():
+        gains = read_filter(p, model.channels, int(model.net.config.lmax))
+        model.set_spectral_filter(SpectralFilter(model.latitude, model.longitude.size, gains))
     model.net.eval()
     return model.to(device)
 

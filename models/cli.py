@@ -246,9 +246,52 @@ def skill_command(
         json_out.write_text(json.dumps(results, indent=1))
 
 
+def calibrate_spectrum_command(
+    directory: Path = typer.Argument(..., help="A checkpoint directory or a folder of them."),
+    dataset: str = typer.Option("builtin:sphere-swe", "--dataset", help="Catalog name or zarr path."),
+    years: str = typer.Option("2003-2004", "--years", help="Calibration years, 'A-B' (training years)."),
+    inits: int = typer.Option(22, "--inits", help="Roll-outs per round, spread over --years."),
+    steps: int = typer.Option(120, "--steps", help="Roll-out length in steps (120 x 6 h = 30 days)."),
+    window: int = typer.Option(40, "--window", help="Last steps of each roll-out whose power is compared."),
+    iters: int = typer.Option(14, "--iters", help="Calibration rounds."),
+    eta: float = typer.Option(0.005, "--eta", help="Gain update per round: -eta/2 log(power ratio)."),
+    max_change: float = typer.Option(0.01, "--max-change", help="Largest change of a log gain per round."),
+) -> None:
+    """Calibrate each checkpoint's spectral filter (writes spectral_filter.json, rescores skill.json)."""
+    from rich.console import Console
+
+    from data_catalog.errors import UserError
+    from models.checkpoint import list_checkpoints
+    from models.spectral_filter import CalibrationSettings, calibrate_checkpoint
+
+    settings = CalibrationSettings(
+        years=_years(years, "--years"),
+        n_inits=inits,
+        steps=steps,
+        window=window,
+        iters=iters,
+        eta=eta,
+        max_change=max_change,
+    )
+    settings.check()
+    paths = [i.path for i in list_checkpoints(directory)]
+    if not paths:
+        raise UserError(f"no checkpoints in {directory}")
+    console = Console(highlight=False, soft_wrap=True)
+    for p in paths:
+        rec = calibrate_checkpoint(p, dataset, settings)
+        first, last = rec["history"][0], rec["history"][-1]
+        console.print(
+            f"{p}: power ratio over days {(steps - window) * 6 // 24}-{steps * 6 // 24}, degrees 1-2/3 lmax: "
+            f"{first['ratio_min']:.2f}-{first['ratio_max']:.2f} -> {last['ratio_min']:.2f}-{last['ratio_max']:.2f}; "
+            f"gains {rec['smallest_gain']:.3f}-{rec['largest_gain']:.3f} per step ({rec['seconds']:.0f} s)"
+        )
+
+
 app.command("train")(train_command)
 checkpoints_app.command("list")(list_command)
 checkpoints_app.command("skill")(skill_command)
+checkpoints_app.command("calibrate-spectrum")(calibrate_spectrum_command)
 
 
 def register(root: typer.Typer) -> None:

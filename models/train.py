@@ -167,7 +167,7 @@ def _start_from(cfg: TrainConfig, model: Any, channels: Sequence[str]) -> TrainC
     from models.checkpoint import load_checkpoint
 
     assert cfg.init_from is not None  # the caller only fine-tunes when init_from is set
-    src = load_checkpoint(cfg.init_from)
+    src = load_checkpoint(cfg.init_from, spectral_filter=False)  # the weights only
     if tuple(src.channels) != tuple(channels):
         raise UserError(f"--init-from {cfg.init_from}: channels {list(src.channels)} != {list(channels)}")
     extra = model.noise_channels - src.noise_channels

@@ -127,6 +127,8 @@ class SFNOForecastModel:
             raise ValueError("at most one noise:<K>:<L> feature, and it must come last")
         self.noise_channels, self.noise_lmax = parse_noise_feature(noise[0]) if noise else (0, 0)
         self._noise_proj: tuple[Any, Any, float] | None = None
+        #: calibrated spectral filter applied after every step (models.spectral_filter), or None
+        self.spectral_filter: Any = None
         if n_static and (static_fields is None or static_fields.shape[0] != n_static):
             raise ValueError("static_fields must hold one field per static feature")
         expected_in = c + self.n_feature_channels
@@ -160,7 +162,18 @@ class SFNOForecastModel:
         if self._static is not None:
             self._static = self._static.to(self.device)
         self._noise_proj = None
+        if self.spectral_filter is not None:
+            self.spectral_filter.to(self.device)
         return self
+
+    def set_spectral_filter(self, spectral_filter: Any) -> None:
+        """Apply ``spectral_filter`` (a :class:`models.spectral_filter.SpectralFilter` on this grid, or
+        None) after every step."""
+        if spectral_filter is not None:
+            if spectral_filter.log_gain.shape[0] != len(self.channels):
+                raise ValueError("the spectral filter has another number of channels than the model")
+            spectral_filter.to(self.device)
+        self.spectral_filter = spectral_filter
 
     def step(
         self, x: torch.Tensor, time: np.datetime64 | None = None, noise: torch.Tensor | None = None
@@ -221,7 +234,8 @@ class SFNOForecastModel:
         feats = self.feature_fields(time, x.shape[0], noise) if self.features else None
         inp = torch.cat([xn, feats], dim=1) if feats is not None else xn
         dn = self.net(inp).float()
-        return x.float() + dn * self._tstd
+        out = x.float() + dn * self._tstd
+        return out if self.spectral_filter is None else self.spectral_filter(out)
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         """``(x - mu) / sigma`` per channel."""

@@ -108,6 +108,30 @@ def resolve_device(name: str) -> torch.device:
 
 
 # ----------------------------------------------------------------------------------------------- plan
+#: files up to this size enter :func:`checkpoint_digest` by content, larger ones by size and mtime
+DIGEST_CONTENT_BYTES = 64 * 2**20
+
+
+def checkpoint_digest(path: str | Path) -> str:
+    """sha256 over a checkpoint's files (a directory's top-level files, or the file itself): name and
+    size, and the content of files up to ``DIGEST_CONTENT_BYTES`` (larger ones: their mtime). A run
+    records it so that resuming with weights, skill or spectral filter changed underneath is refused:
+    units computed before and after would come from different models."""
+    import hashlib
+
+    p = Path(path)
+    files = sorted(f for f in p.iterdir() if f.is_file()) if p.is_dir() else [p] if p.is_file() else []
+    h = hashlib.sha256()
+    for f in files:
+        st = f.stat()
+        h.update(f"{f.name}\0{st.st_size}\0".encode())
+        if st.st_size <= DIGEST_CONTENT_BYTES:
+            h.update(hashlib.sha256(f.read_bytes()).digest())
+        else:
+            h.update(str(st.st_mtime_ns).encode())
+    return h.hexdigest()[:16]
+
+
 @dataclass
 class Plan:
     """Resolved, recorded run plan (``plan.json``)."""
@@ -124,6 +148,8 @@ class Plan:
     n_pairs: int
     block: int
     cycles: int
+    #: :func:`checkpoint_digest` of each checkpoint when the run started (None: a run from before)
+    checkpoint_digests: list[str] | None = None
 
     @property
     def layout(self) -> MemberLayout:
@@ -150,6 +176,7 @@ class Plan:
             "n_pairs": self.n_pairs,
             "block": self.block,
             "cycles": self.cycles,
+            "checkpoint_digests": self.checkpoint_digests,
         }
 
     @classmethod
@@ -233,6 +260,7 @@ def _make_plan(cfg: ForecastConfig, ds: xr.Dataset, model0: Any, device: torch.d
         n_pairs=n_pairs,
         block=block,
         cycles=p.cycles if p.method == "bred" else 0,
+        checkpoint_digests=[checkpoint_digest(c) for c in cfg.checkpoint_paths()],
     )
 
 
@@ -313,6 +341,13 @@ def ensure_plan(
             plan = Plan.from_json(json.loads(plan_file.read_text()))
             if plan.identity != cfg.identity_hash():
                 raise UserError(f"{run_dir} holds a run with a different config; use another --run-dir")
+            if plan.checkpoint_digests is not None:
+                for path, digest in zip(plan.checkpoints, plan.checkpoint_digests, strict=True):
+                    if checkpoint_digest(path) != digest:
+                        raise UserError(
+                            f"checkpoint {path} changed since the run in {run_dir} started (its files differ); "
+                            "restore it or use another --run-dir"
+                        )
             return plan
         lock = mf.UnitLock(run_dir, "_create")
         if lock.acquire():

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -576,3 +577,33 @@ def test_finalisation_thread_uses_its_own_init_and_reports_errors(world, tmp_pat
     a = xr.open_zarr(tmp_path / "ok" / "scores.zarr").load()
     b = xr.open_zarr(tmp_path / "broken" / "scores.zarr").load()
     xr.testing.assert_identical(a, b)
+
+
+def test_resume_refuses_checkpoints_changed_underneath(world, tmp_path):
+    """plan.json records a digest of each checkpoint's files; resuming after a checkpoint's files
+    changed (new weights, skill or spectral filter) is a one-line error, since units computed before
+    and after would come from different models. Restoring the file lets the run go on."""
+    import shutil
+
+    from pipeline.engine import checkpoint_digest
+
+    ckpts = []
+    for i, src in enumerate(world["checkpoints"][:2]):
+        ckpts.append(str(shutil.copytree(src, tmp_path / f"ck{i}")))
+    cfg = base_config(world, checkpoints=ckpts, init_times=["2008-01-02T00"], lead_steps=1)
+    run_dir = tmp_path / "run"
+    run_forecast(cfg, run_dir)
+    plan = json.loads((run_dir / "plan.json").read_text())
+    assert plan["checkpoint_digests"] == [checkpoint_digest(c) for c in ckpts]
+    target = sorted(p for p in Path(ckpts[1]).iterdir() if p.is_file())[0]
+    original = target.read_bytes()
+    target.write_bytes(original + b" ")
+    with pytest.raises(UserError, match=r"checkpoint .*ck1 changed since the run"):
+        run_forecast(cfg, run_dir)
+    target.write_bytes(original)
+    assert run_forecast(cfg, run_dir)["complete"]
+    # a plan from before the digests existed resumes without the check
+    plan.pop("checkpoint_digests")
+    (run_dir / "plan.json").write_text(json.dumps(plan))
+    target.write_bytes(original + b" ")
+    assert run_forecast(cfg, run_dir)["complete"]
