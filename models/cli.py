@@ -256,6 +256,7 @@ def calibrate_spectrum_command(
     iters: int = typer.Option(14, "--iters", help="Calibration rounds."),
     eta: float = typer.Option(0.005, "--eta", help="Gain update per round: -eta/2 log(power ratio)."),
     max_change: float = typer.Option(0.01, "--max-change", help="Largest change of a log gain per round."),
+    refine: bool = typer.Option(False, "--refine", help="Go on from each checkpoint's present filter."),
 ) -> None:
     """Calibrate each checkpoint's spectral filter (writes spectral_filter.json, rescores skill.json)."""
     from rich.console import Console
@@ -279,7 +280,7 @@ def calibrate_spectrum_command(
         raise UserError(f"no checkpoints in {directory}")
     console = Console(highlight=False, soft_wrap=True)
     for p in paths:
-        rec = calibrate_checkpoint(p, dataset, settings)
+        rec = calibrate_checkpoint(p, dataset, settings, refine=refine)
         first, last = rec["history"][0], rec["history"][-1]
         console.print(
             f"{p}: power ratio over days {(steps - window) * 6 // 24}-{steps * 6 // 24}, degrees 1-2/3 lmax: "

@@ -148,19 +148,28 @@ def _lmax(model: Any) -> int:
 
 
 def calibrate(
-    model: Any, block: Any, settings: CalibrationSettings | None = None
+    model: Any,
+    block: Any,
+    settings: CalibrationSettings | None = None,
+    start: np.ndarray | None = None,
+    first_round: int = 0,
 ) -> tuple[np.ndarray, list[dict[str, float]]]:
     """Gains ``g (C, L)`` for ``model`` (an :class:`~models.wrapper.SFNOForecastModel`; any filter it has
-    is replaced) from the truth ``block`` (see the module docstring), and the history: per round the
-    range of the ratio over degrees 1 .. 2/3 lmax before the update."""
+    is replaced) from the truth ``block`` (see the module docstring), starting from ``start`` (default
+    zero: no filter), and the history: per round the range of the ratio over degrees 1 .. 2/3 lmax
+    before the update (rounds numbered from ``first_round``)."""
     s = settings or CalibrationSettings()
     s.check()
     lmax = _lmax(model)
     lcut = (2 * lmax) // 3
     inits = calibration_inits(block, s.steps, s.n_inits)
     g = torch.zeros(len(model.channels), lmax, dtype=torch.float64)
+    if start is not None:
+        if np.shape(start) != tuple(g.shape):
+            raise UserError(f"the starting gains have shape {np.shape(start)}, not {tuple(g.shape)}")
+        g = torch.as_tensor(np.asarray(start, dtype=np.float64)).clone()
     history: list[dict[str, float]] = []
-    for k in range(s.iters + 1):
+    for k in range(first_round, first_round + s.iters + 1):
         model.set_spectral_filter(SpectralFilter(model.latitude, model.longitude.size, g.numpy()))
         tic = time.perf_counter()
         r = spectrum_ratio(model, block, inits, s.steps, s.window)
@@ -174,7 +183,7 @@ def calibrate(
             lcut,
             time.perf_counter() - tic,
         )
-        if k == s.iters:
+        if k == first_round + s.iters:
             break
         step = (-0.5 * s.eta * torch.log(r.clamp(1e-6, 1e6))).clamp(-s.max_change, s.max_change)
         step[:, 0] = 0.0  # the global mean is the model's business
@@ -223,11 +232,15 @@ def read_filter(path: str | Path, channels: list[str] | tuple[str, ...], lmax_ma
 
 
 def calibrate_checkpoint(
-    path: str | Path, dataset: str = "builtin:sphere-swe", settings: CalibrationSettings | None = None
+    path: str | Path,
+    dataset: str = "builtin:sphere-swe",
+    settings: CalibrationSettings | None = None,
+    refine: bool = False,
 ) -> dict[str, Any]:
     """Calibrate the checkpoint at ``path`` on ``dataset``, write its ``spectral_filter.json`` and rescore
-    its ``skill.json`` with the filter (same years, inits and leads as before; the earlier file is
-    kept in the filter's record). Returns the record."""
+    its ``skill.json`` with the filter (same years, inits and leads as before; the unfiltered skill is
+    kept in the filter's record). ``refine``: go on from the checkpoint's present filter (its history
+    and unfiltered skill are kept, its settings listed under ``earlier_settings``). Returns the record."""
     from models.checkpoint import SKILL, _atomic_write_text, load_checkpoint
     from models.data import load_years, monthly_climatology, open_dataset
     from models.skill import skill_table
@@ -238,19 +251,30 @@ def calibrate_checkpoint(
     model = load_checkpoint(p, spectral_filter=False)
     ds = open_dataset(dataset)
     chans = list(model.channels)
+    start, before = None, None
+    if refine:
+        if not (p / FILTER_FILE).is_file():
+            raise UserError(f"checkpoint {p}: no {FILTER_FILE} to refine")
+        start = read_filter(p, chans, _lmax(model))
+        before = json.loads((p / FILTER_FILE).read_text())
     tic = time.perf_counter()
-    g, history = calibrate(model, load_years(ds, chans, s.years), s)
+    first = len(before["history"]) - 1 if before else 0
+    g, history = calibrate(model, load_years(ds, chans, s.years), s, start=start, first_round=first)
     seconds = time.perf_counter() - tic
     record: dict[str, Any] = {
         "dataset": dataset,
         "settings": asdict(s),
-        "history": history,
-        "seconds": round(seconds, 1),
+        "history": (before["history"][:-1] if before else []) + history,
+        "seconds": round(seconds + (before["seconds"] if before else 0.0), 1),
         "threads": torch.get_num_threads(),
         "largest_gain": float(math.exp(float(np.max(g)))),
         "smallest_gain": float(math.exp(float(np.min(g)))),
     }
+    if before is not None:
+        record["earlier_settings"] = before.get("earlier_settings", []) + [before["settings"]]
     old = model.skill
+    if before is not None and "skill_unfiltered" in before:
+        old = before["skill_unfiltered"]
     if old is not None:
         meta_ds = model.metadata.get("dataset", {})
         valid = tuple(old.get("years") or meta_ds.get("valid_years") or (2007, 2007))

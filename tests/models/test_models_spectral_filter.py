@@ -240,5 +240,22 @@ def test_command_calibrates_and_rescores(ckpt, tmp_path: Path, capsys) -> None:
     ref = skill_table(m, load_years(ds, list(m.channels), (2001, 2001)),
                       monthly_climatology(load_years(ds, list(m.channels), (2000, 2000))), n_inits=2, lead_steps=8)  # fmt: skip
     assert after["rmse"]["z500"] == pytest.approx(ref["rmse"]["z500"], rel=1e-6)
+    # --refine goes on from the present gains: one more round, history and unfiltered skill kept
+    assert main([*argv[:-4], "--iters", "1", "--eta", "0.5", "--max-change", "0.05", "--refine"]) == 0
+    capsys.readouterr()
+    doc2 = json.loads((folder / "seed-1" / FILTER_FILE).read_text())
+    assert [h["round"] for h in doc2["history"]] == [0, 1, 2, 3]
+    assert doc2["history"][2] == pytest.approx(doc["history"][2], rel=1e-9)  # same gains, same ratio
+    assert doc2["skill_unfiltered"] == before and doc2["earlier_settings"] == [doc["settings"]]
+    g2 = np.asarray(doc2["log_gain"])
+    assert 0 < np.abs(g2 - g).max() <= 0.05 + 1e-12
     assert main(["checkpoints", "calibrate-spectrum", str(folder), "--window", "0"]) == 2
     assert "1 <= window <= steps" in capsys.readouterr().err
+    shutil.copytree(path, tmp_path / "bare" / "seed-1")
+    assert (
+        main(
+            ["checkpoints", "calibrate-spectrum", str(tmp_path / "bare"), "--dataset", str(store), "--refine"]
+        )
+        == 2
+    )
+    assert "no spectral_filter.json to refine" in capsys.readouterr().err
