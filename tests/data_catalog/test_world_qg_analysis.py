@@ -14,6 +14,7 @@ import xarray as xr
 from data_catalog.errors import UserError
 from data_catalog.world.qg_analysis import CycledAnalysisSpec, cycled_analysis, main
 from data_catalog.world.qg_store import QGWorldSpec, build_qg_world
+from tests.data_catalog.test_world_qg_store import assert_cached_once
 
 pytestmark = pytest.mark.xdist_group("qg-analysis")
 
@@ -103,13 +104,12 @@ def test_builtin_qg3_analysis_is_cached_and_opens(tmp_path: Path, monkeypatch: p
 
     monkeypatch.setenv("WXENS_CACHE", str(tmp_path / "cache"))
     world = QGWorldSpec(years=1, days=1, spinup_days=1.0)
-    with pytest.raises(UserError, match=r"not built yet \(open builtin:qg3-analysis"):
-        qg_analysis.qg_analysis_store(build=False, world=world)
-    path = qg_analysis.qg_analysis_store(world=world)
-    assert path.parent == tmp_path / "cache" and path.name.startswith("qg3-analysis-v1-")
-    stamp = (path / "zarr.json").stat().st_mtime_ns
-    assert qg_analysis.qg_analysis_store(world=world) == path
-    assert (path / "zarr.json").stat().st_mtime_ns == stamp
+    path = assert_cached_once(
+        lambda build: qg_analysis.qg_analysis_store(build=build, world=world),
+        "qg3-analysis",
+        "qg3-analysis-v1-",
+        tmp_path / "cache",
+    )
     from data_catalog.world.qg_store import qg_world_store
 
     expected = cycled_analysis(xr.open_zarr(qg_world_store(build=False, spec=world)))

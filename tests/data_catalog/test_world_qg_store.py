@@ -4,6 +4,7 @@ obey the model's exact relations, deterministic builds."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -87,6 +88,19 @@ def test_build_is_deterministic(store: Path, tmp_path: Path) -> None:
     assert a.attrs["world_hash"] == b.attrs["world_hash"]
 
 
+def assert_cached_once(get: Callable[[bool], Path], name: str, prefix: str, cache: Path) -> Path:
+    """``get(build)`` is a cached builtin store: ``build=False`` before the first build is a one-line
+    error naming ``builtin:<name>``; the first call builds into ``cache`` as ``<prefix><hash>.zarr``;
+    the second reuses it without writing."""
+    with pytest.raises(UserError, match=rf"not built yet \(open builtin:{name} once"):
+        get(False)
+    path = get(True)
+    assert path.parent == cache and path.name.startswith(prefix)
+    stamp = (path / "zarr.json").stat().st_mtime_ns
+    assert get(True) == path and (path / "zarr.json").stat().st_mtime_ns == stamp
+    return path
+
+
 def test_builtin_qg3_is_cached_and_opens(
     store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -97,12 +111,9 @@ def test_builtin_qg3_is_cached_and_opens(
 
     monkeypatch.setenv("WXENS_CACHE", str(tmp_path / "cache"))
     tiny = QGWorldSpec(years=1, days=1, spinup_days=1.0)
-    with pytest.raises(UserError, match=r"not built yet \(open builtin:qg3"):
-        qg_store.qg_world_store(build=False, spec=tiny)
-    path = qg_store.qg_world_store(spec=tiny)
-    assert path.parent == tmp_path / "cache" and path.name.startswith("qg3-v1-")
-    stamp = (path / "zarr.json").stat().st_mtime_ns
-    assert qg_store.qg_world_store(spec=tiny) == path and (path / "zarr.json").stat().st_mtime_ns == stamp
+    assert_cached_once(
+        lambda build: qg_store.qg_world_store(build=build, spec=tiny), "qg3", "qg3-v1-", tmp_path / "cache"
+    )
     monkeypatch.setattr(qg_store, "qg_world_store", lambda build=True, spec=None: store)
     for source in ("builtin:qg3", "qg3"):
         ds = open_reanalysis(source)
