@@ -259,6 +259,13 @@ class CheckpointInfo:
                 return f"{k} x l<{lmax}"
         return "-"
 
+    @property
+    def spectral_filter(self) -> bool:
+        """Whether the checkpoint carries a calibrated ``spectral_filter.json``."""
+        from models.spectral_filter import FILTER_FILE
+
+        return (self.path / FILTER_FILE).is_file()
+
     def rmse(self, channel: str, hours: int) -> float | None:
         """Validation RMSE of ``channel`` at ``hours`` lead, if recorded."""
         if not self.skill or channel not in self.skill.get("rmse", {}):

@@ -157,7 +157,7 @@ def list_command(
         None, "--channel", help="Channel whose skill to show (default z500 or first)."
     ),
 ) -> None:
-    """List checkpoints with their validation RMSE at 48 h and 120 h."""
+    """List checkpoints with their validation RMSE at 48 h and 120 h (and whether a spectral filter is on)."""
     from rich.console import Console
     from rich.table import Table
 
@@ -165,7 +165,18 @@ def list_command(
 
     infos = list_checkpoints(directory)
     table = Table(title=f"checkpoints in {directory}")
-    cols = ("path", "seed", "width x depth", "lmax", "noise", "train s", "channel", "RMSE 48 h", "RMSE 120 h")
+    cols = (
+        "path",
+        "seed",
+        "width x depth",
+        "lmax",
+        "noise",
+        "filter",
+        "train s",
+        "channel",
+        "RMSE 48 h",
+        "RMSE 120 h",
+    )
     for col in cols:
         table.add_column(col)
     for info in infos:
@@ -181,6 +192,7 @@ def list_command(
             f"{a.get('embed_dim', '?')} x {a.get('num_layers', '?')}",
             str(a.get("lmax", "?")),
             info.noise,
+            "yes" if info.spectral_filter else "-",
             fmt(info.training_seconds),
             ch,
             fmt(info.rmse(ch, 48)),

@@ -196,4 +196,5 @@ def test_registry_and_cli(trained: Path, capsys) -> None:
     assert main(["checkpoints", "list", str(trained.parent)]) == 0
     out = capsys.readouterr().out
     assert "seed-3" in out and "z500" in out and f"{infos[0].rmse('z500', 48):.4g}" in out
+    assert not infos[0].spectral_filter and "yes" not in out
     assert main(["checkpoints", "list", str(trained.parent / "nope")]) == 2

@@ -240,6 +240,9 @@ def test_command_calibrates_and_rescores(ckpt, tmp_path: Path, capsys) -> None:
     ref = skill_table(m, load_years(ds, list(m.channels), (2001, 2001)),
                       monthly_climatology(load_years(ds, list(m.channels), (2000, 2000))), n_inits=2, lead_steps=8)  # fmt: skip
     assert after["rmse"]["z500"] == pytest.approx(ref["rmse"]["z500"], rel=1e-6)
+    assert main(["checkpoints", "list", str(folder)]) == 0
+    listed = capsys.readouterr().out
+    assert "seed-1" in listed and "yes" in listed  # the filter column
     # --refine goes on from the present gains: one more round, history and unfiltered skill kept
     assert main([*argv[:-4], "--iters", "1", "--eta", "0.5", "--max-change", "0.05", "--refine"]) == 0
     capsys.readouterr()
