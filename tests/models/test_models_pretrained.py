@@ -163,6 +163,15 @@ def test_30_day_spectrum_within_factor_2(spectra, models) -> None:
     for p in SHIPPED:
         doc = json.loads((p / "spectral_filter.json").read_text())
         assert doc["settings"]["years"][1] <= 2006  # calibrated inside the training years
+        # the command's defaults are the shipped recipe (seeds 0 and 3 ran it in two parts)
+        from dataclasses import asdict
+
+        from models.spectral_filter import CalibrationSettings
+
+        runs = [*doc.get("earlier_settings", []), doc["settings"]]
+        want = json.loads(json.dumps(asdict(CalibrationSettings())))
+        assert sum(r["iters"] for r in runs) == want["iters"]
+        assert all({**r, "iters": want["iters"]} == want for r in runs)
     ch, lmax, _finite, fc_spec, truth = spectra
     lcut = (2 * lmax) // 3
     for m, s in zip(models, fc_spec, strict=True):
