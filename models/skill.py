@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from data_catalog.errors import UserError
 from data_catalog.grid import area_weights
 from models.data import Block, month_index
 
@@ -85,7 +86,7 @@ def skill_table(
     """
     cand = block.window_starts(lead_steps)
     if cand.size == 0:
-        raise ValueError(f"no window of {lead_steps} steps inside one trajectory")
+        raise UserError(f"no window of {lead_steps} steps inside one trajectory")
     idx = cand[init_indices(cand.size + lead_steps, n_inits, lead_steps)]
     dt_h = model.time_step.total_seconds() / 3600.0
     sq = {k: torch.zeros(lead_steps, len(model.channels), dtype=torch.float64) for k in ("m", "p", "c")}

@@ -426,6 +426,11 @@ def train(
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     p = prepared if prepared is not None else prepare(cfg, dataset)
+    if p["valid"].window_starts(cfg.skill_lead_steps).size == 0:  # checked before, not after, training
+        raise UserError(
+            f"the validation years {cfg.valid_years[0]}-{cfg.valid_years[1]} hold no {cfg.skill_lead_steps}-step "
+            "window inside one trajectory for the skill file; choose --valid-years with more data"
+        )
     train_b: Block = p["train"]
     channels, lat, lon = p["channels"], p["latitude"], p["longitude"]
     arch = architecture(cfg, len(channels), lat.size)

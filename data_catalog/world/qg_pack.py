@@ -155,7 +155,9 @@ def pack(
         rel = _rebuild_error(ds, stored, scale, p, model, synth, analysis)
     hours = (ds["time"].values - np.datetime64("2000-01-01T00", "ns")) // np.timedelta64(1, "h")
     var_attrs = {v: dict(ds[v].attrs) for v in VARIABLES}
-    extra: dict[str, Any] = {"orography": ds["orography"].values.astype(np.float32)} if "orography" in ds else {}
+    extra: dict[str, Any] = (
+        {"orography": ds["orography"].values.astype(np.float32)} if "orography" in ds else {}
+    )
     oro_attrs = dict(ds["orography"].attrs) if "orography" in ds else {}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

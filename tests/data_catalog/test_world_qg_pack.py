@@ -81,6 +81,11 @@ def test_years_and_the_reader(store: Path, tmp_path: Path) -> None:
         unpack_store(out, rebuilt)
 
 
+def _packed(store: Path, tmp_path: Path) -> Path:
+    pack(store, tmp_path / "packed.npz")
+    return tmp_path / "packed.npz"
+
+
 def test_bad_input(store: Path, tmp_path: Path) -> None:
     with pytest.raises(UserError, match="dtype"):
         pack(store, tmp_path / "x.npz", dtype="int8")
@@ -127,3 +132,31 @@ def test_command_line(store: Path, tmp_path: Path, capsys: pytest.CaptureFixture
     )
     assert r.returncode != 0
     assert r.stderr.strip().splitlines() == ["error: --years takes YEAR or YEAR-YEAR, not '20x0'"]
+
+
+def test_wxens_train_takes_the_rebuilt_store(
+    store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The GPU recipe of docs/models.md: pack, unpack, ``wxens train --dataset`` the rebuilt store."""
+    from models import load_checkpoint
+    from workflows.cli import main as wxens
+
+    short = ["train", "--dataset", str(unpack_store(_packed(store, tmp_path), tmp_path / "s.zarr")),
+             "--out", str(tmp_path / "short"), "--seed", "0", "--steps", "1", "--train-years", "2000", "--valid-years", "2001-2001", "--no-progress"]  # fmt: skip
+    assert wxens(short) == 2  # 3-day years: no 10-day window for the skill file, said before training
+    assert "validation years 2001-2001 hold no 40-step window" in capsys.readouterr().err
+    assert not (tmp_path / "short" / "metadata.json").exists()
+    store = build_qg_world(tmp_path / "long.zarr", QGWorldSpec(years=2, days=11, spinup_days=5.0))
+    pack(store, tmp_path / "p.npz")
+    data = unpack_store(tmp_path / "p.npz", tmp_path / "p.zarr")
+    argv = ["train", "--dataset", str(data), "--device", "cpu", "--embed-dim", "8", "--num-layers", "1",
+            "--lmax", "8", "--mmax", "6", "--scale-factor", "1.3333", "--batch-size", "2", "--seed", "0",
+            "--out", str(tmp_path / "ck"), "--steps", "3", "--lr", "1e-3", "--rollout-steps", "2",
+            "--rollout-iters", "1", "--train-years", "2000", "--valid-years", "2001-2001", "--threads", "1",
+            "--no-progress"]  # fmt: skip
+    assert wxens(argv) == 0
+    m = load_checkpoint(tmp_path / "ck")
+    t = m.metadata["training"]
+    assert (t["mmax"], t["scale_factor"], t["batch_size"], t["lr"]) == (6, 1.3333, 2, 1e-3)
+    assert m.metadata["dataset"]["world_hash"] == xr.open_zarr(store).attrs["world_hash"]
+    assert len(m.channels) == 12
