@@ -1,6 +1,7 @@
 """Command-line commands of the models layer (composed into `wxens` by workflows.cli).
 
-``wxens train``: train one checkpoint (``--seed``) or several independent ones (``--seeds 0-7``).
+``wxens train``: train one checkpoint (``--seed``) or several independent ones (``--seeds 0-7``,
+side by side with ``--processes N``).
 ``wxens checkpoints list DIR``: the checkpoints below DIR with their validation skill.
 """
 
@@ -71,8 +72,14 @@ def train_command(
     valid_years: str = typer.Option(
         "2007", "--valid-years", help="Validation years (skill file), 'A-B' or 'A'."
     ),
-    init_from: Path = typer.Option(
-        None, "--init-from", help="Fine-tune: start from this checkpoint's weights (same architecture)."
+    init_from: str = typer.Option(
+        None,
+        "--init-from",
+        help="Fine-tune: start from this checkpoint's weights (same architecture); "
+        "'{seed}' in it is replaced by each seed (s1/seed-{seed}).",
+    ),
+    processes: int = typer.Option(
+        1, "--processes", help="With --seeds: train up to N seeds side by side, one process each."
     ),
     save_every: int = typer.Option(100, "--save-every", help="Iterations between resumable training states."),
     threads: int = typer.Option(None, "--threads", help="torch CPU threads."),
@@ -110,16 +117,18 @@ def train_command(
         ensemble_members=ensemble_members,
         noise_channels=noise_channels,
         noise_lmax=noise_lmax,
-        init_from=str(init_from) if init_from else None,
+        init_from=init_from or None,
     )
     if seed is not None:
         from dataclasses import replace
 
-        from models.train import train
+        from models.train import _init_for, train
 
-        res = [train(replace(cfg, seed=seed), out, progress=progress)]
+        res = [
+            train(replace(cfg, seed=seed, init_from=_init_for(cfg.init_from, seed)), out, progress=progress)
+        ]
     else:
-        res = train_many(cfg, parse_seeds(seeds), out, progress=progress)
+        res = train_many(cfg, parse_seeds(seeds), out, progress=progress, processes=processes)
     for r in res:
         what = "already trained" if r.skipped else f"trained in {r.seconds:.0f} s"
         typer.echo(f"{r.path}: {what}")

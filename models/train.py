@@ -588,14 +588,54 @@ def train_many(
     out: str | Path,
     dataset: str | xr.Dataset | None = None,
     progress: bool = True,
+    processes: int = 1,
 ) -> list[TrainResult]:
-    """Train one independent checkpoint per seed into ``<out>/seed-<S>`` (data loaded once)."""
-    prepared = prepare(cfg, dataset)
-    results = []
-    for s in seeds:
-        c = dataclasses.replace(cfg, seed=s)
-        results.append(train(c, Path(out) / f"seed-{s}", prepared=prepared, progress=progress))
+    """Train one independent checkpoint per seed into ``<out>/seed-<S>``.
+
+    ``cfg.init_from`` may hold ``{seed}`` (``s1/seed-{seed}``): each seed then fine-tunes its own
+    checkpoint. With ``processes = 1`` the seeds train one after the other in this process (data loaded
+    once). With ``processes = N > 1`` up to N seeds train side by side, each in its own process with its
+    own copy of the data (fresh interpreters: CUDA cannot be forked), with ``cfg.threads`` or else
+    (cores / N) torch threads each; a small model leaves a GPU mostly idle, so N of them run about as
+    fast as one (docs/models.md, "GPU-trained qg3 emulators"). The weights do not depend on N: a seed's
+    run is the same computation either way (tested bitwise on the CPU with equal thread counts).
+    """
+    if processes < 1:
+        raise UserError(f"--processes must be >= 1, not {processes}")
+    cfgs = [dataclasses.replace(cfg, seed=s, init_from=_init_for(cfg.init_from, s)) for s in seeds]
+    outs = [Path(out) / f"seed-{s}" for s in seeds]
+    if processes == 1 or len(seeds) == 1:
+        prepared = prepare(cfg, dataset)
+        return [train(c, o, prepared=prepared, progress=progress) for c, o in zip(cfgs, outs, strict=True)]
+    if dataset is not None and not isinstance(dataset, str):
+        raise UserError("training in several processes needs a dataset id or path, not an in-memory Dataset")
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    n = min(processes, len(seeds))
+    threads = cfg.threads or max(1, (os.cpu_count() or 1) // n)
+    cfgs = [dataclasses.replace(c, threads=threads) for c in cfgs]
+    with ProcessPoolExecutor(n, mp_context=mp.get_context("spawn")) as pool:
+        futures = [pool.submit(_train_one, c, o, dataset) for c, o in zip(cfgs, outs, strict=True)]
+        results = []
+        for f in futures:
+            r = f.result()  # a worker's UserError comes back as itself (one line at the CLI)
+            if progress:
+                log.info(
+                    "%s: %s", r.path, "already trained" if r.skipped else f"trained in {r.seconds:.0f} s"
+                )
+            results.append(r)
     return results
+
+
+def _train_one(cfg: TrainConfig, out: Path, dataset: str | None) -> TrainResult:
+    """One seed in a worker process of :func:`train_many`."""
+    return train(cfg, out, dataset=dataset, progress=False)
+
+
+def _init_for(init_from: str | None, seed: int) -> str | None:
+    """``--init-from`` for one seed: ``{seed}`` replaced by it (other text unchanged)."""
+    return None if init_from is None else init_from.replace("{seed}", str(seed))
 
 
 def _progress(enabled: bool):

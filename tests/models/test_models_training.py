@@ -90,6 +90,45 @@ def test_train_many_trains_independent_seeds(tmp_path: Path, tiny_config, tiny_w
     assert json.loads((tmp_path / "seed-2" / "metadata.json").read_text())["seed"] == 2
 
 
+def test_seeds_side_by_side_equal_one_after_the_other(tmp_path: Path, tiny_world, capsys) -> None:
+    """``wxens train --seeds 0-1 --processes 2`` (two spawned processes) writes bitwise the weights of the
+    same seeds trained one after the other; ``--init-from s1/seed-{seed}`` fine-tunes each seed's own."""
+    from safetensors.torch import load_file
+
+    from workflows.cli import main
+
+    data = tmp_path / "w.zarr"
+    tiny_world.to_zarr(data, mode="w", zarr_format=3)
+    common = ["--dataset", str(data), "--train-years", "2000", "--valid-years", "2001-2001", "--embed-dim", "8",
+              "--num-layers", "1", "--lmax", "8", "--batch-size", "2", "--features", "", "--threads", "1",
+              "--steps", "3", "--no-progress"]  # fmt: skip
+    assert main(["train", "--seeds", "0-1", "--out", str(tmp_path / "seq"), *common]) == 0
+    assert main(["train", "--seeds", "0-1", "--processes", "2", "--out", str(tmp_path / "par"), *common]) == 0
+    for s in (0, 1):
+        a = load_file(tmp_path / "seq" / f"seed-{s}" / "weights.safetensors")
+        b = load_file(tmp_path / "par" / f"seed-{s}" / "weights.safetensors")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    x = load_file(tmp_path / "par" / "seed-0" / "weights.safetensors")
+    y = load_file(tmp_path / "par" / "seed-1" / "weights.safetensors")
+    assert any(not torch.equal(x[k], y[k]) for k in x)  # independent seeds
+    fine = ["train", "--seeds", "0-1", "--processes", "2", "--out", str(tmp_path / "ft"),
+            "--init-from", str(tmp_path / "par" / "seed-{seed}"), *common]  # fmt: skip
+    assert main(fine) == 0
+    from models import load_checkpoint
+
+    for s in (0, 1):
+        meta = load_checkpoint(tmp_path / "ft" / f"seed-{s}").metadata["training"]
+        src = load_checkpoint(tmp_path / "par" / f"seed-{s}").metadata["weights_sha256"]
+        assert meta["init_from"] == str(tmp_path / "par" / f"seed-{s}") and meta["init_from_sha256"] == src
+    capsys.readouterr()
+    missing = ["train", "--seeds", "0-1", "--processes", "2", "--out", str(tmp_path / "bad"),
+               "--init-from", str(tmp_path / "nowhere" / "seed-{seed}"), *common]  # fmt: skip
+    assert main(missing) == 2  # a worker's error: one line, as in one process
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "nowhere" in err[0]
+    assert main(["train", "--seeds", "0-1", "--processes", "0", "--out", str(tmp_path / "z"), *common]) == 2
+
+
 def test_parse_seeds() -> None:
     assert parse_seeds("0-3") == [0, 1, 2, 3]
     assert parse_seeds("5,1,2-3") == [1, 2, 3, 5]
