@@ -175,7 +175,8 @@ def qg_analysis_store(
     return cached_store(ANALYSIS_VERSION, key, builder, build, "qg3-analysis")
 
 
-def _years(text: str) -> tuple[int, int]:
+def parse_years(text: str) -> tuple[int, int]:
+    """``--years`` of the QG commands: ``"2003"`` or ``"2000-2006"`` -> ``(first, last)``."""
     try:
         a, _, b = text.partition("-")
         return int(a), int(b or a)
@@ -204,7 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed=args.seed,
     )
     spec.check(QGParams().lmax)
-    years = _years(args.years) if args.years else None
+    years = parse_years(args.years) if args.years else None
     out = Path(args.out)
     if out.exists():
         raise UserError(f"{out} exists; remove it first")

@@ -44,6 +44,7 @@ import xarray as xr
 
 from data_catalog.errors import UserError, run_module_main
 from data_catalog.world.qg import QGParams, ThreeLevelQG, params_from
+from data_catalog.world.qg_analysis import parse_years
 from data_catalog.world.qg_store import LEVELS, VARIABLES, qg_fields, reference_geopotential
 from data_catalog.world.spectral import PointAnalysis, PointSynthesis
 from data_catalog.world.store import write_world
@@ -279,16 +280,6 @@ def unpack_store(path: str | Path, out: str | Path) -> Path:
     return out
 
 
-def _parse_years(text: str | None) -> tuple[int, int] | None:
-    if text is None:
-        return None
-    try:
-        a, _, b = text.partition("-")
-        return int(a), int(b or a)
-    except ValueError:
-        raise UserError(f"--years takes YEAR or YEAR-YEAR, not {text!r}") from None
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Spectral packs of QG stores (17-34x smaller than the grid).")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -302,7 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     b.add_argument("out", help="store to write (zarr v3)")
     args = ap.parse_args(argv)
     if args.cmd == "pack":
-        err = pack(args.store, args.out, _parse_years(args.years), args.dtype)
+        err = pack(args.store, args.out, parse_years(args.years) if args.years else None, args.dtype)
         size = Path(args.out).stat().st_size / 1e6
         print(
             f"{args.out}: {size:.1f} MB; rebuild error / RMS: "
