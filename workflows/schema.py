@@ -179,6 +179,10 @@ class TrainSection(_Model):
     output: str = Field(
         default="checkpoints", description="Folder (relative to run_dir) that receives the checkpoints."
     )
+    processes: PositiveInt = Field(
+        default=1,
+        description="Seeds trained side by side, one process each (same weights; a GPU fits several).",
+    )
 
 
 class SkillSection(_Model):

@@ -51,8 +51,9 @@ def _call_pretrained_dir(name: str) -> Path:
 
 
 def _call_train(workflow: Workflow, seeds: Sequence[int], out_dir: Path) -> list[Path]:
-    """Train one checkpoint per seed into ``out_dir/seed-<S>`` (models.train; the training data is
-    loaded once; a partial training state found there is resumed)."""
+    """Train one checkpoint per seed into ``out_dir/seed-<S>`` (:func:`models.train.train_many`: the
+    training data loaded once, or ``train.processes`` seeds side by side; a partial training state found
+    there is resumed)."""
     import dataclasses
 
     from models import train as mtrain
@@ -76,15 +77,9 @@ def _call_train(workflow: Workflow, seeds: Sequence[int], out_dir: Path) -> list
         channels=tuple(d.variables) if d.variables else None,
         **t.model,
     )
-    prepared = mtrain.prepare(cfg)
-    out = []
-    for seed in seeds:
-        logger.info("training seed %d -> %s", seed, out_dir / f"seed-{seed}")
-        res = mtrain.train(
-            dataclasses.replace(cfg, seed=seed), out_dir / f"seed-{seed}", prepared=prepared, progress=False
-        )
-        out.append(Path(res.path))
-    return out
+    logger.info("training seeds %s -> %s (%d process(es))", list(seeds), out_dir, t.processes)
+    res = mtrain.train_many(cfg, list(seeds), out_dir, progress=False, processes=t.processes)
+    return [Path(r.path) for r in res]
 
 
 def _call_checkpoint_skill(
@@ -556,6 +551,7 @@ REGISTRY: dict[str, StageSpec] = {
             "train",
             stage_train,
             ("data", "train", "seed"),
+            ignore=("train.processes",),
             shardable=True,
             description="train one checkpoint per seed",
         ),

@@ -240,6 +240,48 @@ forecast: {{checkpoints: train, members: 2, init_times: [2008-01-03], lead_steps
     assert [Path(c).name for c in cfg["checkpoints"]] == ["seed-3", "seed-4"]
 
 
+def test_train_processes_give_the_same_checkpoints(e2e_run, tmp_path: Path) -> None:
+    """``train.processes: 2`` trains the seeds side by side (two spawned processes): bitwise the weights
+    of one process; changing it afterwards reruns nothing (it is not part of the stage hash)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from workflows.runner import run_stage, run_workflow
+    from workflows.schema import load_workflow_text
+
+    _, run = e2e_run
+    analysis = Path(run).parent / "analysis.zarr"
+
+    def workflow(processes: int):
+        return load_workflow_text(
+            f"""
+name: tp
+data:
+  source: {analysis}
+  train: {{start: 2008-01-01, end: 2008-01-10}}
+  validation: {{start: 2008-01-01, end: 2008-01-10}}
+  test: {{start: 2008-01-01, end: 2008-01-10}}
+train:
+  seeds: [3, 4]
+  steps: 2
+  batch_size: 2
+  processes: {processes}
+  model: {{embed_dim: 8, num_layers: 1, skill_inits: 2, skill_lead_steps: 8, features: [doy], threads: 1}}
+forecast: {{checkpoints: train, members: 2, init_times: [2008-01-03], lead_steps: 2}}
+"""
+        )
+
+    for processes in (1, 2):
+        run_workflow(workflow(processes), run_dir=tmp_path / f"p{processes}", stages=["prepare", "train"])
+    for seed in (3, 4):
+        a, b = (
+            load_file(tmp_path / f"p{p}" / "checkpoints" / f"seed-{seed}" / "weights.safetensors")
+            for p in (1, 2)
+        )
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert run_stage(workflow(1), tmp_path / "p2", "train").status == "skipped"
+
+
 def test_scores_on_a_slurm_cluster_equal_the_local_cluster_ones(e2e_run, tmp_path: Path, fake_slurm) -> None:
     """The fixture scored on a LocalCluster (2 workers); the score stage again with ``score.dask.mode``
     slurm (a dask-jobqueue SLURMCluster whose 2 worker jobs start through a fake sbatch) gives the same
