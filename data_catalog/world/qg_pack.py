@@ -69,7 +69,10 @@ def _open(store: str | Path | xr.Dataset) -> xr.Dataset:
         text = _builtin_store(text.removeprefix("builtin:"))
     if not Path(text).exists():
         raise UserError(f"no such store: {text}")
-    return xr.open_zarr(text, consolidated=None)
+    try:
+        return xr.open_zarr(text, consolidated=None)
+    except Exception as e:  # zarr's own errors (no group, bad metadata) or an unreadable path
+        raise UserError(f"cannot open {text} as a zarr store ({type(e).__name__})") from None
 
 
 def _params(attrs: dict[str, Any]) -> QGParams:

@@ -93,6 +93,9 @@ def test_bad_input(store: Path, tmp_path: Path) -> None:
         pack(store, tmp_path / "x.npz", years=(1990, 1991))
     with pytest.raises(UserError, match="no such store"):
         pack(tmp_path / "missing.zarr", tmp_path / "x.npz")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="cannot open .*empty as a zarr store"):
+        pack(tmp_path / "empty", tmp_path / "x.npz")
     # a wind that is not the streamfunction's: not a QG store
     ds = xr.open_zarr(store).load()
     ds["u_component_of_wind"] = ds["u_component_of_wind"] * 1.01
