@@ -194,17 +194,9 @@ def test_skill_calibration_sets_amplitudes(e2e_run, tmp_path: Path) -> None:
     assert cfg["perturbation"]["amplitude"] == skill["amplitude"]
 
 
-def test_train_stage_feeds_the_forecast(e2e_run, tmp_path: Path) -> None:
-    """The train stage (two shards, one seed each) writes real SFNO checkpoints that `checkpoints: train`
-    resolves to, with the skill.json the skill stage turns into amplitudes."""
-    from workflows.runner import read_stage_record, run_stage, run_workflow
-    from workflows.schema import load_workflow_text
-    from workflows.stages import forecast_config
-
-    _, run = e2e_run
-    analysis = Path(run).parent / "analysis.zarr"
-    w = load_workflow_text(
-        f"""
+def _train_workflow(analysis: Path, train_extra: str = "", model_extra: str = "") -> str:
+    """A workflow that trains seeds 3 and 4 (tiny) on the fixture's analyses and forecasts with them."""
+    return f"""
 name: tr
 data:
   source: {analysis}
@@ -214,11 +206,21 @@ data:
 train:
   seeds: [3, 4]
   steps: 2
-  batch_size: 2
-  model: {{embed_dim: 8, num_layers: 1, skill_inits: 2, skill_lead_steps: 8, features: [doy]}}
+  batch_size: 2{train_extra}
+  model: {{embed_dim: 8, num_layers: 1, skill_inits: 2, skill_lead_steps: 8, features: [doy]{model_extra}}}
 forecast: {{checkpoints: train, members: 2, init_times: [2008-01-03], lead_steps: 2}}
 """
-    )
+
+
+def test_train_stage_feeds_the_forecast(e2e_run, tmp_path: Path) -> None:
+    """The train stage (two shards, one seed each) writes real SFNO checkpoints that `checkpoints: train`
+    resolves to, with the skill.json the skill stage turns into amplitudes."""
+    from workflows.runner import read_stage_record, run_stage, run_workflow
+    from workflows.schema import load_workflow_text
+    from workflows.stages import forecast_config
+
+    _, run = e2e_run
+    w = load_workflow_text(_train_workflow(Path(run).parent / "analysis.zarr"))
     out = tmp_path / "run"
     run_workflow(w, run_dir=out, stages=["prepare"])
     for i in (1, 0):
@@ -253,23 +255,7 @@ def test_train_processes_give_the_same_checkpoints(e2e_run, tmp_path: Path) -> N
     analysis = Path(run).parent / "analysis.zarr"
 
     def workflow(processes: int):
-        return load_workflow_text(
-            f"""
-name: tp
-data:
-  source: {analysis}
-  train: {{start: 2008-01-01, end: 2008-01-10}}
-  validation: {{start: 2008-01-01, end: 2008-01-10}}
-  test: {{start: 2008-01-01, end: 2008-01-10}}
-train:
-  seeds: [3, 4]
-  steps: 2
-  batch_size: 2
-  processes: {processes}
-  model: {{embed_dim: 8, num_layers: 1, skill_inits: 2, skill_lead_steps: 8, features: [doy], threads: 1}}
-forecast: {{checkpoints: train, members: 2, init_times: [2008-01-03], lead_steps: 2}}
-"""
-        )
+        return load_workflow_text(_train_workflow(analysis, f"\n  processes: {processes}", ", threads: 1"))
 
     for processes in (1, 2):
         run_workflow(workflow(processes), run_dir=tmp_path / f"p{processes}", stages=["prepare", "train"])
