@@ -295,15 +295,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     b.add_argument("pack")
     b.add_argument("out", help="store to write (zarr v3)")
     args = ap.parse_args(argv)
+    from rich.console import Console
+
+    console = Console(highlight=False, soft_wrap=True)
     if args.cmd == "pack":
         err = pack(args.store, args.out, parse_years(args.years) if args.years else None, args.dtype)
         size = Path(args.out).stat().st_size / 1e6
-        print(
+        console.print(
             f"{args.out}: {size:.1f} MB; rebuild error / RMS: "
             + ", ".join(f"{k} {v:.1e}" for k, v in err.items())
         )
     else:
-        print(unpack_store(args.pack, args.out))
+        console.print(str(unpack_store(args.pack, args.out)))
     return 0
 
 

@@ -87,28 +87,24 @@ def _packed(store: Path, tmp_path: Path) -> Path:
 
 
 def test_bad_input(store: Path, tmp_path: Path) -> None:
-    with pytest.raises(UserError, match="dtype"):
-        pack(store, tmp_path / "x.npz", dtype="int8")
-    with pytest.raises(UserError, match="no times in 1990-1991"):
-        pack(store, tmp_path / "x.npz", years=(1990, 1991))
-    with pytest.raises(UserError, match="no such store"):
-        pack(tmp_path / "missing.zarr", tmp_path / "x.npz")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(UserError, match="cannot open .*empty as a zarr store"):
-        pack(tmp_path / "empty", tmp_path / "x.npz")
-    # a wind that is not the streamfunction's: not a QG store
+    (tmp_path / "junk.npz").write_bytes(b"not a pack")
     ds = xr.open_zarr(store).load()
-    ds["u_component_of_wind"] = ds["u_component_of_wind"] * 1.01
-    with pytest.raises(UserError, match="not a QG store.*u_component_of_wind"):
-        pack(ds, tmp_path / "x.npz")
-    with pytest.raises(UserError, match="not a QG store"):
-        pack(ds.drop_vars("vorticity"), tmp_path / "x.npz")
-    with pytest.raises(UserError, match="no such pack"):
-        unpack(tmp_path / "missing.npz")
-    junk = tmp_path / "junk.npz"
-    junk.write_bytes(b"not a pack")
-    with pytest.raises(UserError, match="not a QG spectral pack"):
-        unpack(junk)
+    skewed = ds.assign(u_component_of_wind=ds["u_component_of_wind"] * 1.01)  # not the streamfunction's wind
+    x = tmp_path / "x.npz"
+    cases = [
+        (lambda: pack(store, x, dtype="int8"), "dtype"),
+        (lambda: pack(store, x, years=(1990, 1991)), "no times in 1990-1991"),
+        (lambda: pack(tmp_path / "missing.zarr", x), "no such store"),
+        (lambda: pack(tmp_path / "empty", x), "cannot open .*empty as a zarr store"),
+        (lambda: pack(skewed, x), "not a QG store.*u_component_of_wind"),
+        (lambda: pack(ds.drop_vars("vorticity"), x), "not a QG store"),
+        (lambda: unpack(tmp_path / "missing.npz"), "no such pack"),
+        (lambda: unpack(tmp_path / "junk.npz"), "not a QG spectral pack"),
+    ]
+    for call, message in cases:
+        with pytest.raises(UserError, match=message):
+            call()
     ok = tmp_path / "ok.npz"
     pack(store, ok, years=(2000, 2000))
     with np.load(ok) as z:
