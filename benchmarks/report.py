@@ -303,10 +303,13 @@ def write_report(res: dict[str, Any]) -> str:
                     [
                         ("dtype", "dtype"),
                         ("keepbits", "keepbits"),
+                        ("codec", "codec"),
                         ("bytes_per_member_step", "bytes / member-step"),
                         ("compression_ratio_vs_float32_raw", "× smaller than raw"),
                         ("max_rel_error", "max relative error"),
                         ("write_mb_per_s", "write MB/s (payload)"),
+                        ("zarr_write_mb_per_s", "through zarr MB/s"),
+                        ("write_vs_zarr", "× zarr"),
                         ("write_vs_raw", "× raw write rate"),
                     ],
                 ),

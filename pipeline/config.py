@@ -90,7 +90,9 @@ class OutputConfig(_Strict):
     ``keep``: ``members`` (the member store), ``mean`` (only the ensemble mean, from inline scoring),
     ``none`` (only inline scores). ``variables``/``members``: subsets to keep (default all).
     ``layout``: ``wb2`` (WeatherBench2 names, a ``level`` dim for channels with pressure levels) or
-    ``channels`` (one array per model channel), see :mod:`pipeline.store`.
+    ``channels`` (one array per model channel), see :mod:`pipeline.store`. ``codec``: the chunks'
+    lossless compression, ``lz4`` (Blosc LZ4 with bit shuffle), ``zstd`` or ``none``; a store keeps
+    the codec it was created with (a resumed run writes with the store's).
     """
 
     path: str | None = None
@@ -100,6 +102,7 @@ class OutputConfig(_Strict):
     keepbits: int | None = Field(None, ge=1, le=23)
     keep: Literal["members", "mean", "none"] = "members"
     layout: Literal["wb2", "channels"] = "wb2"
+    codec: Literal["lz4", "zstd", "none"] = "lz4"
 
 
 class InlineConfig(_Strict):
@@ -178,12 +181,13 @@ class ForecastConfig(_Strict):
         return [str(c) for c in self.checkpoints]
 
     def identity(self) -> dict[str, Any]:
-        """The fields that determine the output (everything but device, bf16 aside, progress and
-        io_threads)."""
+        """The fields that determine the output (everything but device, bf16 aside, progress,
+        io_threads and output.codec)."""
         d = self.model_dump(mode="json")
         d.pop("progress", None)
         d.pop("device", None)
         d.pop("io_threads", None)
+        d["output"].pop("codec", None)  # lossless: the same values whatever the codec
         for key, neutral in ADDED_LATER.items():  # at their neutral value: old runs keep their identity
             if d["perturbation"].get(key) == neutral:
                 d["perturbation"].pop(key, None)

@@ -320,6 +320,7 @@ def _create(cfg: ForecastConfig, run_dir: Path, ds: xr.Dataset, model0: Any, dev
         dtype=cfg.output.dtype,
         attrs=attrs,
         layout=cfg.output.layout,
+        codec=cfg.output.codec,
     )
     if store_path != run_dir / STORE_NAME:
         (run_dir / "store_path").write_text(str(store_path))

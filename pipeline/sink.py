@@ -23,9 +23,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from data_catalog.hashing import sha256_file
-from pipeline.manifest import fsync_file
-
 
 def auto_threads(n_variables: int, device: torch.device) -> int:
     """Writer threads for ``io_threads: auto``: the cores the model leaves free (all but torch's
@@ -69,14 +66,10 @@ class LeadSink:
     # ---------------------------------------------------------------------------------------- work
     def _write(self, lead: int, variables: list[str], x: torch.Tensor) -> dict[str, str]:
         assert self.writer is not None
-        files = self.writer.write_lead(self.init, lead, self.members, x, self.channels, variables=variables)
-        out = {}
-        for f in files:
-            rel = f"{self.prefix}/{f}"
-            p = self.run_dir / rel
-            fsync_file(p)
-            out[rel] = sha256_file(p)
-        return out
+        sums = self.writer.write_lead(
+            self.init, lead, self.members, x, self.channels, variables=variables, durable=True
+        )
+        return {f"{self.prefix}/{f}": digest for f, digest in sums.items()}
 
     def __call__(self, lead: int, x: torch.Tensor) -> None:
         if self._io is None:  # synchronous reference path

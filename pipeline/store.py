@@ -26,12 +26,22 @@ Storage dtypes (error measured in docs/engine.md):
   (readers see float32; zstd compresses the zero low bytes); relative error <= 2**-8 (= keepbits 7).
 * ``keepbits=k``: float32 mantissa rounded to ``k`` bits (bit rounding, Klöwer et al. 2021);
   relative error <= 2**-(k+1).
+
+Chunk codecs (``output.codec``, lossless; sizes and speeds in docs/engine.md "Store"): ``lz4``
+(default: Blosc LZ4 with bit shuffle), ``zstd`` (zarr's default, the default before 2026-11-28) and
+``none``. :class:`StoreWriter` encodes a work unit's whole chunks with the array's own codecs and writes
+each chunk file itself (atomically: a temporary file renamed into place), byte for byte the file zarr
+would write; any other write (a chunk a unit only partly owns) goes through zarr.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
+import uuid
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +52,9 @@ import xarray as xr
 import zarr
 
 from data_catalog.errors import UserError
+from data_catalog.hashing import sha256_file
 from data_catalog.lexicon import BASES, channel_info, split_channel, wb2_name
+from pipeline.manifest import fsync_file
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +93,106 @@ def encode(x: torch.Tensor, dtype: str, keepbits: int | None) -> np.ndarray:
 
 def storage_dtype(dtype: str) -> np.dtype:
     return np.dtype(np.float16) if dtype == "float16" else np.dtype(np.float32)
+
+
+#: chunk codecs of the member store (``output.codec``), see the module docstring
+CODECS = ("lz4", "zstd", "none")
+
+
+def compressors(codec: str) -> list[Any] | None:
+    """The zarr v3 compressors of ``codec`` (one of :data:`CODECS`)."""
+    from zarr.codecs import BloscCodec, ZstdCodec
+
+    if codec == "lz4":
+        return [BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")]
+    if codec == "zstd":
+        return [ZstdCodec(level=0, checksum=False)]
+    if codec == "none":
+        return None
+    raise UserError(f"unknown output codec {codec!r} (choose from {', '.join(CODECS)})")
+
+
+class ChunkFiles:
+    """Whole chunks of one zarr v3 array on the local disk, encoded with the array's own codecs and
+    written as files without zarr's per-call machinery (an event loop and a thread per chunk: ~1 ms
+    of a 256 KiB chunk's write, docs/engine.md "Store").
+
+    :meth:`for_array` returns ``None`` for arrays whose chunks it cannot write byte for byte as zarr
+    does (sharding, transposes, big-endian data, other codecs); those go through zarr.
+    """
+
+    def __init__(self, root: Path, name: str, dtype: np.dtype, chunks: tuple[int, ...], codec: Any) -> None:
+        self.root, self.name, self.dtype, self.chunks, self.codec = root, name, dtype, chunks, codec
+
+    @classmethod
+    def for_array(cls, root: Path, name: str, arr: Any) -> ChunkFiles | None:
+        import numcodecs
+        from zarr.codecs import BytesCodec
+
+        meta = arr.metadata
+        if getattr(meta, "zarr_format", None) != 3:
+            return None
+        key = meta.chunk_key_encoding.to_dict()
+        if key.get("name") != "default" or key.get("configuration", {}).get("separator", "/") != "/":
+            return None
+        codecs = list(meta.codecs)
+        dtype = np.dtype(arr.dtype)
+        if not codecs or not isinstance(codecs[0], BytesCodec) or dtype.kind != "f":
+            return None
+        endian = getattr(codecs[0].endian, "value", codecs[0].endian)
+        if dtype.itemsize > 1 and endian != "little":
+            return None
+        if len(codecs) == 1:
+            return cls(root, name, dtype.newbyteorder("<"), tuple(arr.chunks), None)
+        if len(codecs) > 2:
+            return None
+        spec = codecs[1].to_dict()
+        conf = dict(spec.get("configuration", {}))
+        if spec["name"] == "zstd":
+            codec = numcodecs.Zstd(
+                level=int(conf.get("level", 0)), checksum=bool(conf.get("checksum", False))
+            )
+        elif spec["name"] == "blosc" and "typesize" in conf:
+            shuffle = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}[str(conf["shuffle"])]
+            codec = numcodecs.Blosc.from_config(
+                {
+                    "cname": conf["cname"],
+                    "clevel": int(conf["clevel"]),
+                    "shuffle": shuffle,
+                    "blocksize": int(conf.get("blocksize", 0)),
+                    "typesize": int(conf["typesize"]),
+                }
+            )
+        else:
+            return None
+        return cls(root, name, dtype.newbyteorder("<"), tuple(arr.chunks), codec)
+
+    def encode(self, data: np.ndarray) -> bytes:
+        """The file bytes of one whole chunk holding ``data`` (its size in C order)."""
+        raw = np.ascontiguousarray(data, dtype=self.dtype)
+        if raw.size != int(np.prod(self.chunks)):
+            raise ValueError(f"a chunk of {self.name} holds {np.prod(self.chunks)} values, got {raw.size}")
+        if self.codec is None:
+            return raw.tobytes()
+        return bytes(self.codec.encode(raw.view(np.uint8).reshape(-1)))
+
+    def write(self, key: str, payload: bytes, durable: bool) -> str:
+        """Write the chunk file ``<name>/<key>`` atomically (``durable``: fsynced before the rename);
+        returns the sha256 of its bytes."""
+        path = self.root / self.name / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.partial")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(payload)
+                if durable:
+                    f.flush()
+                    os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return hashlib.sha256(payload).hexdigest()
 
 
 LAYOUTS = ("wb2", "channels")
@@ -161,16 +273,19 @@ def create_store(
     dtype: str,
     attrs: dict[str, Any],
     layout: str = "wb2",
+    codec: str = "lz4",
 ) -> None:
     """Write the full store metadata and coordinates (no data chunks) to ``path``; ``variables`` are
-    the model channels to store, placed by :func:`store_layout`."""
+    the model channels to store, placed by :func:`store_layout`, their chunks compressed by ``codec``
+    (:data:`CODECS`)."""
     import dask.array as da
 
     nt, nn, nl = len(times), len(numbers), len(leads)
     ny, nx = len(latitude), len(longitude)
     sdt = storage_dtype(dtype)
     lay = store_layout(list(variables), layout)
-    attrs = {**attrs, "wxens_layout": layout}
+    comp = compressors(codec)
+    attrs = {**attrs, "wxens_layout": layout, "wxens_codec": codec}
     data_vars: dict[str, Any] = {}
     encoding: dict[str, Any] = {}
     for name, levels in lay.variables.items():
@@ -188,7 +303,7 @@ def create_store(
             da.zeros(shape, chunks=chunks, dtype=sdt),
             _variable_attrs(name, mine, var_attrs, lay),
         )
-        encoding[name] = {"chunks": chunks, "_FillValue": np.nan}
+        encoding[name] = {"chunks": chunks, "_FillValue": np.nan, "compressors": comp}
     data_vars["nonfinite_step"] = (
         ("time", "number"),
         da.full((nt, nn), -1, chunks=(1, chunk_members), dtype=np.int32),
@@ -226,13 +341,16 @@ def create_store(
         "prediction_timedelta": {"units": "hours", "dtype": "int64"},
     }
     encoding.update(enc_time)
-    ds.to_zarr(path, mode="w", compute=False, zarr_format=3, encoding=encoding, consolidated=True)
+    with warnings.catch_warnings():  # zarr notes that consolidated metadata is a v3 extension: on purpose
+        warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
+        ds.to_zarr(path, mode="w", compute=False, zarr_format=3, encoding=encoding, consolidated=True)
 
 
 class StoreWriter:
     """Writes work-unit chunks into an existing store and returns their files for checksumming."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, direct: bool = True) -> None:
+        """``direct=False`` writes every chunk through zarr (the reference the direct files equal)."""
         self.path = Path(path)
         group: Any = zarr.open_group(str(self.path), mode="r+")
         self.group = group
@@ -249,6 +367,10 @@ class StoreWriter:
         # the manifest checksums each chunk file of a unit (the array's own config: writer threads
         # must not depend on zarr's global config, which a `with zarr.config.set` changes for all)
         self._arrays = {v: group[v].with_config({"write_empty_chunks": True}) for v in self.layout.variables}
+        self._files = {
+            v: ChunkFiles.for_array(self.path, v, a) if direct else None for v, a in self._arrays.items()
+        }
+        self._nmembers = len(numbers)
 
     def positions(self, members: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Kept members among ``members`` (boolean mask) and their store indices."""
@@ -273,28 +395,48 @@ class StoreWriter:
         state: torch.Tensor,
         channels: list[str],
         variables: list[str] | None = None,
-    ) -> list[str]:
+        durable: bool = False,
+    ) -> dict[str, str]:
         """Write one lead of a block ``state`` ``(B, C, lat, lon)`` (all stored channels, or the
-        channels ``variables``); returns relative chunk paths. Different channels may be written from
-        different threads at once (each owns its chunks, also within a levelled array)."""
+        channels ``variables``); returns ``{chunk file relative to the store: sha256}``, every file
+        fsynced first when ``durable``. Different channels may be written from different threads at
+        once (each owns its chunks, also within a levelled array)."""
         keep, idx = self.positions(members)
         if not keep.any():
-            return []
+            return {}
         sel = state[torch.from_numpy(np.flatnonzero(keep))]
-        files: list[str] = []
+        cm = self.chunk_members
+        out: dict[str, str] = {}
         for v in self.variables if variables is None else variables:
             data = encode(sel[:, channels.index(v)], self.dtype, self.keepbits)
             name, li = self.layout.slots[v]
-            arr = self._arrays[name]  # write_empty_chunks in its own config (no global state)
-            for a, b, off in self._runs(idx):
-                if li is None:
-                    arr[init, a:b, lead] = data[off : off + (b - a)]
-                else:
-                    arr[init, a:b, lead, li] = data[off : off + (b - a)]
             where = f"{lead}" if li is None else f"{lead}/{li}"
-            for cn in sorted({int(i) // self.chunk_members for i in idx}):
-                files.append(f"{name}/c/{init}/{cn}/{where}/0/0")
-        return files
+            direct = self._files[name]
+            via_zarr: list[str] = []
+            for a, b, off in self._runs(idx):
+                for cn in range(a // cm, (b - 1) // cm + 1):
+                    lo, hi = cn * cm, min((cn + 1) * cm, self._nmembers)  # the chunk's members
+                    key = f"c/{init}/{cn}/{where}/0/0"
+                    if direct is not None and a <= lo and hi <= b:  # the whole chunk: write its file
+                        rows = data[off + lo - a : off + hi - a]
+                        if hi - lo < cm:  # an edge chunk is stored at full size, padded with NaN
+                            pad = np.full((cm - (hi - lo), *rows.shape[1:]), np.nan, rows.dtype)
+                            rows = np.concatenate([rows, pad])
+                        out[f"{name}/{key}"] = direct.write(key, direct.encode(rows), durable)
+                    else:
+                        s, e = max(a, lo), min(b, hi)
+                        region = data[off + s - a : off + e - a]
+                        if li is None:
+                            self._arrays[name][init, s:e, lead] = region
+                        else:
+                            self._arrays[name][init, s:e, lead, li] = region
+                        via_zarr.append(f"{name}/{key}")
+            for f in via_zarr:
+                p = self.path / f
+                if durable:
+                    fsync_file(p)
+                out[f] = sha256_file(p)
+        return out
 
     def write_nonfinite(self, init: int, members: np.ndarray, steps: np.ndarray) -> list[str]:
         keep, idx = self.positions(members)

@@ -19,7 +19,7 @@ import re
 import types
 import typing
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import numpy as np
 import yaml
@@ -307,10 +307,17 @@ class ForecastOutput(_Model):
     variables: StrList | None = Field(
         default=None, description="Channels written; null = all model channels."
     )
-    dtype: Literal["float32", "float16"] = Field(default="float32", description="Stored data type.")
-    members_per_chunk: PositiveInt | None = Field(
-        default=None, description="Members per chunk; null = batch_size."
+    dtype: Literal["float32", "float16", "bfloat16"] = Field(
+        default="float32", description='Stored data type (errors: docs/engine.md, "Store").'
     )
+    codec: Literal["lz4", "zstd", "none"] = Field(
+        default="lz4",
+        description="Lossless chunk compression: Blosc LZ4 with bit shuffle, zstd or none (same values; "
+        "a resumed run keeps its store's codec).",
+    )
+
+
+InlineMetric = Literal["crps", "rmse", "spread", "ranks", "spectra"]
 
 
 class InlineScoring(_Model):
@@ -319,8 +326,10 @@ class InlineScoring(_Model):
     enabled: bool = Field(
         default=False, description="Score each init time against the truth as it is written."
     )
-    metrics: StrList = Field(
-        default_factory=lambda: ["crps", "rmse", "spread"], description="Metrics computed inline."
+    metrics: Annotated[list[InlineMetric], BeforeValidator(_to_list)] = Field(
+        default_factory=lambda: list(get_args(InlineMetric)),
+        description="Inline scores: crps (fair CRPS; members spill to disk until their init is done) and "
+        "spectra are computed only when listed; the mean's RMSE, the spread and the rank histogram always.",
     )
 
 

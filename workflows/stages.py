@@ -272,6 +272,7 @@ def forecast_config(
     output: dict[str, Any] = {
         "path": str(store_path(run_dir, "forecast", f.output.path)),
         "dtype": f.output.dtype,
+        "codec": f.output.codec,
     }
     if f.output.variables is not None:
         output["variables"] = list(f.output.variables)
@@ -285,7 +286,11 @@ def forecast_config(
         "batch_size": f.batch_size,
         "device": f.device,
         "output": output,
-        "inline": {"enabled": f.inline_scoring.enabled},
+        "inline": {
+            "enabled": f.inline_scoring.enabled,
+            "crps": "crps" in f.inline_scoring.metrics,
+            "spectra": "spectra" in f.inline_scoring.metrics,
+        },
         "seed": workflow.perturbation_seed(),
     }
 
@@ -578,7 +583,7 @@ REGISTRY: dict[str, StageSpec] = {
             "forecast",
             stage_forecast,
             ("data", "forecast", "seed"),
-            ignore=("forecast.device", "forecast.batch_size"),
+            ignore=("forecast.device", "forecast.batch_size", "forecast.output.codec"),
             shardable=True,
             description="the ensemble (pipeline)",
         ),

@@ -172,3 +172,119 @@ def test_level_subsets_round_trip(tmp_path, layout):
             got = ds[c].transpose("time", "number", "prediction_timedelta", "latitude", "longitude")
             np.testing.assert_array_equal(got.sel(latitude=lat).values, want[c])
     assert by_channel["z200"].attrs["long_name"] == "Geopotential at 200 hPa"
+
+
+def _codec_store(path, codec, dtype, chans, n=5, chunk=2):
+    from pipeline.store import create_store
+
+    lat, lon = np.linspace(80, -80, 8), np.arange(16) * 22.5
+    create_store(
+        path, times=np.array(["2008-01-01T00"], "datetime64[ns]"), numbers=np.arange(n),
+        member_coords={"checkpoint": np.zeros(n, int), "pair": np.arange(n) // 2, "sign": np.where(np.arange(n) % 2, -1, 1)},
+        leads=np.arange(2) * np.timedelta64(6, "h"), latitude=lat, longitude=lon, variables=chans, var_attrs={},
+        chunk_members=chunk, dtype=dtype, codec=codec,
+        attrs={"wxens_chunk_members": chunk, "wxens_dtype": dtype, "wxens_variables": chans},
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("codec", ["lz4", "zstd", "none"])
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_direct_chunk_files_are_zarrs_bytes(tmp_path, codec, dtype):
+    """The writer encodes whole chunks itself; every file is byte for byte the one zarr writes for the
+    same values (same codec, levelled and single-level arrays, an edge chunk padded with the fill
+    value), its sha256 is the file's, and the store reads back the written values."""
+    import hashlib
+    import json
+
+    import zarr
+
+    from pipeline.store import StoreWriter, encode, open_forecast, store_layout
+
+    chans = ["z500", "z200", "t2m"]
+    _codec_store(tmp_path / "direct.zarr", codec, dtype, chans)
+    _codec_store(tmp_path / "zarr.zarr", codec, dtype, chans)
+    meta = json.loads((tmp_path / "direct.zarr" / "geopotential" / "zarr.json").read_text())
+    names = [c["name"] for c in meta["codecs"]]
+    assert names == {"lz4": ["bytes", "blosc"], "zstd": ["bytes", "zstd"], "none": ["bytes"]}[codec]
+    rng = np.random.default_rng(1)
+    x = torch.from_numpy((5e4 + 900 * rng.normal(size=(2, 5, 3, 8, 16))).astype(np.float32))
+    x[1, 3, 2, 0, 0] = float("nan")  # a non-finite value survives the codec
+    w = StoreWriter(tmp_path / "direct.zarr")
+    assert all(f is not None for f in w._files.values())  # the direct path, not zarr's
+    sums = {k: v for lead in range(2) for k, v in w.write_lead(0, lead, np.arange(5), x[lead], chans).items()}
+    assert len(sums) == 2 * 3 * 3  # leads x chunks (2 + 2 + 1 members) x channels
+    g = zarr.open_group(str(tmp_path / "zarr.zarr"), mode="r+")
+    lay = store_layout(chans)
+    for lead in range(2):
+        for k, c in enumerate(chans):
+            name, li = lay.slots[c]
+            arr = g[name].with_config({"write_empty_chunks": True})
+            data = encode(x[lead, :, k], dtype, None)
+            if li is None:
+                arr[0, :, lead] = data
+            else:
+                arr[0, :, lead, li] = data
+    for rel, digest in sums.items():
+        mine = (tmp_path / "direct.zarr" / rel).read_bytes()
+        assert mine == (tmp_path / "zarr.zarr" / rel).read_bytes(), rel
+        assert hashlib.sha256(mine).hexdigest() == digest
+    assert not list((tmp_path / "direct.zarr").rglob("*.partial"))
+    back = open_forecast(tmp_path / "direct.zarr", channels=True)
+    for k, c in enumerate(chans):
+        want = np.stack([encode(x[lead, :, k], dtype, None) for lead in range(2)], axis=1).astype(np.float32)
+        np.testing.assert_array_equal(back[c].isel(time=0).values, want)
+
+
+def test_partly_owned_chunks_go_through_zarr(tmp_path):
+    """Members that fill only part of a chunk are written through zarr (the other members' values
+    stay); the returned checksums are those of the files on disk."""
+    import hashlib
+
+    from pipeline.store import StoreWriter, open_forecast
+
+    _codec_store(tmp_path / "s.zarr", "lz4", "float32", ["z500"], n=6, chunk=4)
+    w = StoreWriter(tmp_path / "s.zarr")
+    x = torch.arange(6 * 8 * 16, dtype=torch.float32).reshape(6, 1, 8, 16)
+    first = w.write_lead(0, 0, np.arange(2), x[:2], ["z500"])  # half of chunk 0
+    second = w.write_lead(0, 0, np.arange(2, 6), x[2:], ["z500"])  # the rest of chunk 0, all of chunk 1
+    assert list(first) == ["geopotential/c/0/0/0/0/0/0"]
+    assert sorted(second) == ["geopotential/c/0/0/0/0/0/0", "geopotential/c/0/1/0/0/0/0"]
+    for rel, digest in second.items():
+        assert hashlib.sha256((tmp_path / "s.zarr" / rel).read_bytes()).hexdigest() == digest
+    back = open_forecast(tmp_path / "s.zarr", channels=True)["z500"].isel(time=0, prediction_timedelta=0)
+    np.testing.assert_array_equal(back.values, x[:, 0].numpy())
+
+
+def test_codec_is_a_store_property_not_part_of_the_run_identity():
+    from pipeline.config import ForecastConfig
+
+    base = {"init_times": ["2008-01-01T00"], "checkpoints": ["c"], "lead_steps": 2}
+    a = ForecastConfig.model_validate(base)
+    b = ForecastConfig.model_validate({**base, "output": {"codec": "zstd"}})
+    assert a.output.codec == "lz4" and a.identity_hash() == b.identity_hash()
+    assert (
+        a.identity_hash()
+        != ForecastConfig.model_validate({**base, "output": {"dtype": "float16"}}).identity_hash()
+    )
+    with pytest.raises(ValueError, match="codec"):
+        ForecastConfig.model_validate({**base, "output": {"codec": "gzip"}})
+
+
+def test_chunk_files_only_for_layouts_it_writes_as_zarr_does(tmp_path):
+    """Arrays the direct writer cannot reproduce byte for byte (sharded, big-endian, an extra
+    filter, integer data) are left to zarr."""
+    import zarr
+    from zarr.codecs import BytesCodec
+
+    from pipeline.store import ChunkFiles
+
+    def arr(name, **kw):
+        return zarr.create_array(tmp_path / f"{name}.zarr", shape=(4, 8), chunks=(2, 8), **kw)
+
+    assert ChunkFiles.for_array(tmp_path, "a", arr("plain", dtype="float32")) is not None
+    assert ChunkFiles.for_array(tmp_path, "a", arr("sharded", dtype="float32", shards=(4, 8))) is None
+    big = arr("big", dtype="float32", serializer=BytesCodec(endian="big"))
+    assert ChunkFiles.for_array(tmp_path, "a", big) is None
+    assert ChunkFiles.for_array(tmp_path, "a", arr("int", dtype="int32")) is None
+    two = arr("two", dtype="float32", compressors=[zarr.codecs.ZstdCodec(), zarr.codecs.ZstdCodec()])
+    assert ChunkFiles.for_array(tmp_path, "a", two) is None

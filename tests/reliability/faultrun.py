@@ -5,7 +5,8 @@ the fault named by the environment variable ``WXENS_FAULT``, of the form ``ACTIO
 
 ``kill:step=N``        SIGKILL at the N-th model step (``pipeline.testing.ToyModel.step``)
 ``slow:step=S``        sleep S seconds in every model step (to make two processes overlap)
-``kill:chunk=N``       SIGKILL right after the N-th zarr chunk file has been written
+``kill:chunk=N``       SIGKILL right after the N-th chunk file has been written (by zarr or
+                       ``pipeline.store.ChunkFiles``)
 ``torn:chunk=N``       write the first half of the N-th chunk file in place (no temporary file), then
                        SIGKILL: a torn chunk on disk whose unit never reached the manifest
 ``kill:manifest=N``    SIGKILL inside the N-th manifest entry write, after its temporary file is
@@ -31,6 +32,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 _COUNTS: dict[str, int] = {}
@@ -75,29 +77,49 @@ def install(spec: str) -> None:
     elif point == "chunk":
         import zarr.storage._local as zl
 
+        from pipeline.store import ChunkFiles
+
         orig_put = zl._put
 
-        def put(path: Any, value: Any, exclusive: bool = False) -> int:
-            if "/c/" not in str(path).replace(os.sep, "/"):  # metadata, not a chunk
-                return orig_put(path, value, exclusive=exclusive)
+        def chunk(path: Path, data: Callable[[], bytes], write: Callable[[], Any]) -> Any:
+            """One chunk file write, through zarr or the engine's own chunk writer."""
             _COUNTS["chunk"] = _COUNTS.get("chunk", 0) + 1
             k = _COUNTS["chunk"]
             if action == "enospc" and k >= n:
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
             if action == "torn" and k == n:
-                data = bytes(value.as_buffer_like())
+                raw = data()
                 path.parent.mkdir(parents=True, exist_ok=True)
                 with open(path, "wb") as f:
-                    f.write(data[: max(1, len(data) // 2)])
+                    f.write(raw[: max(1, len(raw) // 2)])
                     f.flush()
                     os.fsync(f.fileno())
                 _die()
-            out = orig_put(path, value, exclusive=exclusive)
+            out = write()
             if action == "kill" and k == n:
                 _die()
             return out
 
+        def put(path: Any, value: Any, exclusive: bool = False) -> int:
+            if "/c/" not in str(path).replace(os.sep, "/"):  # metadata, not a chunk
+                return orig_put(path, value, exclusive=exclusive)
+            return chunk(
+                Path(path),
+                lambda: bytes(value.as_buffer_like()),
+                lambda: orig_put(path, value, exclusive=exclusive),
+            )
+
         zl._put = put
+
+        def make_cw(orig: Callable[..., Any]) -> Callable[..., Any]:
+            def write(self: Any, key: str, payload: bytes, durable: bool) -> str:
+                return chunk(
+                    self.root / self.name / key, lambda: payload, lambda: orig(self, key, payload, durable)
+                )
+
+            return write
+
+        _wrap(ChunkFiles, "write", make_cw)
     elif point == "manifest":
         import pipeline.manifest as mf
 

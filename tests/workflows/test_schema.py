@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from data_catalog.errors import UserError
 from workflows.schema import Workflow, explain, load_workflow, load_workflow_text
@@ -268,3 +270,35 @@ def test_demo_forcing_reaches_the_engine_config() -> None:
     assert pert.stochastic_schedule == [(0.0, 1.0), (72.0, 1.0), (192.0, 0.3)]
     assert pert.stochastic_ramp_hours == {"u500": 36.0, "v500": 36.0, "vo500": 36.0}
     assert err(OK.replace("lead_steps: 4", "lead_steps: 4, perturbation: {stochastic_schedule: [[1, 2, 3]]}"))
+
+
+def test_output_and_inline_options_reach_the_engine_config() -> None:
+    """``forecast.output.codec``/``dtype`` and ``forecast.inline_scoring.metrics`` reach the engine's
+    config (crps and spectra switch those inline scores); the codec does not change the stage hash
+    (the same values), the dtype and the metrics do; an unknown metric is refused."""
+    from pipeline.config import load_config
+    from workflows.runner import stage_hashes
+    from workflows.stages import REGISTRY, forecast_config
+
+    base = load_workflow(REPO / "workflows" / "demo.yaml").model_dump(mode="json")
+    amp = {"z500": 1.0, "u500": 1.0, "v500": 1.0, "vo500": 1e-6}
+
+    def variant(**fc: object) -> Workflow:
+        d = json.loads(json.dumps(base))
+        for dotted, value in fc.items():
+            section, key = dotted.split("__")
+            d["forecast"][section][key] = value
+        return Workflow.model_validate(d)
+
+    default = load_config(forecast_config(variant(), REPO / "runs" / "demo", amp))
+    assert default.output.codec == "lz4" and default.inline.crps and default.inline.spectra
+    w = variant(output__codec="zstd", output__dtype="bfloat16", inline_scoring__metrics=["rmse", "spectra"])
+    cfg = load_config(forecast_config(w, REPO / "runs" / "demo", amp))
+    assert (cfg.output.codec, cfg.output.dtype) == ("zstd", "bfloat16")
+    assert not cfg.inline.crps and cfg.inline.spectra
+    h0 = stage_hashes(variant(), REGISTRY)["forecast"]
+    assert stage_hashes(variant(output__codec="none"), REGISTRY)["forecast"] == h0
+    assert stage_hashes(variant(output__dtype="float16"), REGISTRY)["forecast"] != h0
+    assert stage_hashes(variant(inline_scoring__metrics=["crps"]), REGISTRY)["forecast"] != h0
+    with pytest.raises(ValidationError, match="metrics"):
+        variant(inline_scoring__metrics=["crps", "brier"])
