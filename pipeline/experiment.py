@@ -431,7 +431,67 @@ def assemble(
         res["forecasts"][CLIM]["reference_years"] = scores[CLIM].get("reference_years", "")
     res["paired"] = paired_differences(scores)
     res["target"] = target_check(res)
+    more = more_checkpoints(res)
+    if more is not None:
+        res["more_checkpoints"] = more
     return res
+
+
+def more_checkpoints(
+    res: dict[str, Any], counts: tuple[int | None, ...] = (8, 16, 29, None)
+) -> dict[str, Any] | None:
+    """(a) against (c) at other numbers of checkpoints, **extrapolated** from this run.
+
+    (a)'s fair CRPS counts all ordered member pairs in its spread term; with ``M`` checkpoints of ``P``
+    members a share ``w = (P - 1) / (P M - 1)`` of them are pairs inside one checkpoint. If the
+    checkpoints are exchangeable draws, the expected skill term and the expected distances within and
+    between checkpoints do not depend on ``M``, so ``fair(M) = CRPS* + w(M) G`` with CRPS* the
+    between-checkpoint estimator and ``G = (fair - CRPS*) / w`` measured here (half the mean distance
+    between checkpoints minus half the mean distance inside one). (c)'s fair CRPS is unbiased at any
+    ``M``. So the fair CRPS (a) would have with ``M'`` checkpoints (``None``: the limit, ``w = 0``) is
+    ``CRPS* + w(M') G``, compared here with (c)'s, per channel and lead. ``None`` when (a) has one
+    checkpoint or one member per checkpoint, or no CRPS*.
+    """
+    fc = res["forecasts"]
+    a, c = fc.get(RUNS[0]), fc.get("c_ckpts_only")
+    m = len(res["checkpoints"])
+    if a is None or c is None or m < 2 or not a.get("crps_between"):
+        return None
+    per = int(a["members"]) // m
+    if per < 2:
+        return None
+    w = (per - 1) / (per * m - 1)
+    h = np.asarray(res["lead_hours"])
+    sel = h >= 24.0
+
+    def arr(d: dict[str, list[float | None]], ch: str) -> np.ndarray:
+        return np.array([np.nan if v is None else v for v in d[ch]], dtype=np.float64)
+
+    rows = []
+    for count in (m, *counts):
+        wt = 0.0 if count is None else (per - 1) / (per * count - 1)
+        rel: dict[str, list[float | None]] = {}
+        below = cells = 0
+        for ch in res["channels"]:
+            fair, star, ref = arr(a["crps"], ch), arr(a["crps_between"], ch), arr(c["crps"], ch)
+            pred = star + wt * (fair - star) / w
+            with np.errstate(divide="ignore", invalid="ignore"):  # lead 0: (c) is the analysis, CRPS 0
+                r = pred / ref - 1.0
+            rel[ch] = [None if not np.isfinite(v) else float(v) for v in r]
+            ok = sel & np.isfinite(r)
+            below += int((r[ok] < 0).sum())
+            cells += int(ok.sum())
+        allr = np.array([v for ch in rel for v, s in zip(rel[ch], sel, strict=True) if s and v is not None])
+        rows.append(
+            {
+                "checkpoints": "limit" if count is None else int(count),
+                "within_pair_share": wt,
+                "share_a_below_c": below / cells if cells else float("nan"),
+                "median_rel_diff": float(np.median(allr)) if allr.size else float("nan"),
+                "rel_diff": rel,
+            }
+        )
+    return {"members_per_checkpoint": per, "measured_checkpoints": m, "rows": rows}
 
 
 def legacy_summary(res: dict[str, Any]) -> dict[str, Any]:
@@ -536,6 +596,29 @@ def markdown(res: dict[str, Any], fig_prefix: str | None = None) -> str:
                 "",
                 f"![CRPS vs lead, {c}]({fig_prefix}/crps_{c}.png) ![SSR vs lead, {c}]({fig_prefix}/ssr_{c}.png)",
             ]
+    more = res.get("more_checkpoints")
+    if more:
+        days = [j for j in range(h.size) if h[j] in (24.0, 48.0, 120.0, 240.0)]
+        ch = "z500" if "z500" in res["channels"] else res["channels"][0]
+        lines += [
+            "",
+            f"**(a) against (c) with more checkpoints, extrapolated** (not run: (a)'s fair CRPS as CRPS* plus "
+            f"the within-checkpoint pairs' share of its spread term, {more['members_per_checkpoint']} members "
+            "per checkpoint; `pipeline.experiment.more_checkpoints`); first row: as measured:",
+            "",
+            "| checkpoints | share of within-checkpoint pairs | (a) below (c), cells >= 1 day | median (a)/(c) - 1 | "
+            + " | ".join(f"{ch} {h[j]:g} h" for j in days)
+            + " |",
+            "|---" * (4 + len(days)) + "|",
+        ]
+        for r in more["rows"]:
+            rel = r["rel_diff"][ch]
+            lines.append(
+                f"| {r['checkpoints']} | {r['within_pair_share']:.3f} | {100 * r['share_a_below_c']:.0f} % | "
+                f"{100 * r['median_rel_diff']:+.1f} % | "
+                + " | ".join("-" if rel[j] is None else f"{100 * rel[j]:+.1f} %" for j in days)
+                + " |"
+            )
     return "\n".join(lines) + "\n"
 
 
