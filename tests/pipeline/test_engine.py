@@ -472,6 +472,30 @@ def test_output_threads_give_the_same_store_and_manifest(world, reference_run, t
     assert again["complete"] and again["units_computed"] == 0
 
 
+@pytest.mark.parametrize("codec", ["zstd", "none"])
+def test_codecs_store_the_same_values(reference_run, tmp_path, codec):
+    """``output.codec`` changes the chunk bytes (reference: lz4), never the values; the codec is not
+    part of the run's identity, so a rerun naming another codec resumes the store as it is."""
+    import zarr
+
+    cfg = dict(reference_run["config"], output={"codec": codec})
+    run_dir = tmp_path / codec
+    assert run_forecast(cfg, run_dir)["complete"]
+    meta = zarr.open_group(str(run_dir / "forecast.zarr"), mode="r")["geopotential"].metadata
+    names = [c.to_dict()["name"] for c in meta.codecs]
+    ref_meta = zarr.open_group(str(reference_run["run_dir"] / "forecast.zarr"), mode="r")[
+        "geopotential"
+    ].metadata
+    assert names == {"zstd": ["bytes", "zstd"], "none": ["bytes"]}[codec]
+    assert [c.to_dict()["name"] for c in ref_meta.codecs] == ["bytes", "blosc"]
+    mine, ref = open_forecast(run_dir, channels=True), open_forecast(reference_run["run_dir"], channels=True)
+    for v in ref.attrs["wxens_variables"]:
+        np.testing.assert_array_equal(mine[v].values, ref[v].values)
+    assert digest(run_dir) != reference_run["digest"]  # other bytes on disk
+    again = run_forecast(dict(cfg, output={"codec": "lz4"}), run_dir)
+    assert again["complete"] and again["units_computed"] == 0
+
+
 def test_writer_thread_error_fails_the_unit_unrecorded(world, tmp_path, monkeypatch):
     """An error on a writer thread reaches the caller and the unit gets no manifest entry."""
     from pipeline.store import StoreWriter
