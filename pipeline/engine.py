@@ -266,6 +266,8 @@ def _make_plan(cfg: ForecastConfig, ds: xr.Dataset, model0: Any, device: torch.d
 
 def _create(cfg: ForecastConfig, run_dir: Path, ds: xr.Dataset, model0: Any, device: torch.device) -> Plan:
     plan = _make_plan(cfg, ds, model0, device)
+    for init in plan.inits:  # before anything is written: a corrected config may reuse the run dir
+        check_init_times(ds, plan, init)
     layout = plan.layout
     numbers = np.arange(layout.size)
     if cfg.output.members is not None:
@@ -469,10 +471,8 @@ def _nonneg(cfg: ForecastConfig, plan: Plan) -> torch.Tensor | None:
     return torch.tensor([c in names for c in plan.channels])
 
 
-def analyses_for(
-    ds: xr.Dataset, plan: Plan, init: np.datetime64, device: torch.device
-) -> tuple[torch.Tensor, list]:
-    """``(K + 1, C, lat, lon)`` analyses at ``init - K dt, ..., init``."""
+def check_init_times(ds: xr.Dataset, plan: Plan, init: np.datetime64) -> list[np.datetime64]:
+    """The analysis times an init needs (``init - K dt, ..., init``); UserError if one is missing."""
     times = [init - (plan.cycles - k) * plan.step for k in range(plan.cycles + 1)]
     avail = ds["time"].values
     miss = [t for t in times if t not in avail]
@@ -481,6 +481,14 @@ def analyses_for(
             f"the analysis has no data at {np.datetime_as_string(miss[0], 'm')} (needed for init "
             f"{np.datetime_as_string(init, 'm')})"
         )
+    return times
+
+
+def analyses_for(
+    ds: xr.Dataset, plan: Plan, init: np.datetime64, device: torch.device
+) -> tuple[torch.Tensor, list]:
+    """``(K + 1, C, lat, lon)`` analyses at ``init - K dt, ..., init``."""
+    times = check_init_times(ds, plan, init)
     arr = _read(ds, plan.channels, times)
     finite = np.isfinite(arr)
     if not finite.all():  # a NaN initial condition would silently yield all-NaN members

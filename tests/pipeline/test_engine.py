@@ -199,8 +199,15 @@ def test_config_errors_are_one_line(world, reference_run, tmp_path):
         run_forecast(base_config(world, bogus=1), tmp_path / "x")
     with pytest.raises(UserError, match="float16"):
         run_forecast(base_config(world, output={"dtype": "float16"}), tmp_path / "f16")
-    with pytest.raises(UserError, match="no data"):
-        run_forecast(base_config(world, init_times=["2008-01-01T06"]), tmp_path / "early")
+    with pytest.raises(UserError, match="no data"):  # the last init lacks its breeding analyses
+        run_forecast(base_config(world, init_times=["2008-01-02T00", "2008-01-01T06"]), tmp_path / "early")
+    # refused before anything was computed or written: the corrected config runs in the same dir
+    assert (
+        not (tmp_path / "early" / "plan.json").exists()
+        and not (tmp_path / "early" / "forecast.zarr").exists()
+    )
+    ok = base_config(world, init_times=["2008-01-02T00"], lead_steps=1, inline={"enabled": False})
+    assert run_forecast(ok, tmp_path / "early")["complete"]
     mixed = {"method": "spherical", "noise_fraction": 0.5}
     with pytest.raises(UserError, match="noise_fraction mixes noise into bred vectors"):
         run_forecast(base_config(world, perturbation=mixed), tmp_path / "mixed")
