@@ -431,10 +431,54 @@ def assemble(
         res["forecasts"][CLIM]["reference_years"] = scores[CLIM].get("reference_years", "")
     res["paired"] = paired_differences(scores)
     res["target"] = target_check(res)
+    res["wins"] = win_shares(res)
     more = more_checkpoints(res)
     if more is not None:
         res["more_checkpoints"] = more
     return res
+
+
+def win_shares(res: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per other ensemble: the share of (channel, lead >= 1 day) cells in which (a)'s fair CRPS is the
+    lower one (``fair``), the same with both ensembles' CRPS* where defined (``between``: (a)'s spread
+    term over pairs of members from different checkpoints; the other's fair CRPS where it has no
+    CRPS*), and the number of cells."""
+    fc = res["forecasts"]
+    a = fc[RUNS[0]]
+    sel = np.asarray(res["lead_hours"]) >= 24.0
+
+    def arr(d: dict[str, list[float | None]] | None, ch: str) -> np.ndarray | None:
+        if not d or ch not in d:
+            return None
+        x = np.array([np.nan if v is None else v for v in d[ch]], dtype=np.float64)
+        return x if np.isfinite(x[sel]).any() else None
+
+    out: dict[str, dict[str, Any]] = {}
+    for name, f in fc.items():
+        if name == RUNS[0]:
+            continue
+        wins = wins_b = cells = cells_b = 0
+        for ch in res["channels"]:
+            mine, other = arr(a["crps"], ch), arr(f["crps"], ch)
+            if mine is None or other is None:
+                continue
+            ok = sel & np.isfinite(mine) & np.isfinite(other)
+            wins += int((mine[ok] < other[ok]).sum())
+            cells += int(ok.sum())
+            mine_b = arr(a.get("crps_between"), ch)
+            if mine_b is None:
+                continue
+            other_b = arr(f.get("crps_between"), ch)
+            ref = other if other_b is None else np.where(np.isfinite(other_b), other_b, other)
+            ok_b = sel & np.isfinite(mine_b) & np.isfinite(ref)
+            wins_b += int((mine_b[ok_b] < ref[ok_b]).sum())
+            cells_b += int(ok_b.sum())
+        out[name] = {
+            "fair": wins / cells if cells else None,
+            "between": wins_b / cells_b if cells_b else None,
+            "cells": cells,
+        }
+    return out
 
 
 def more_checkpoints(
@@ -596,6 +640,19 @@ def markdown(res: dict[str, Any], fig_prefix: str | None = None) -> str:
                 "",
                 f"![CRPS vs lead, {c}]({fig_prefix}/crps_{c}.png) ![SSR vs lead, {c}]({fig_prefix}/ssr_{c}.png)",
             ]
+    wins = res.get("wins")
+    if wins:
+        lines += [
+            "",
+            "**Share of the (channel, lead >= 1 day) cells in which (a) has the lower CRPS** (fair; CRPS*: "
+            "(a)'s spread term over pairs from different checkpoints, against the other's CRPS* or fair CRPS):",
+            "",
+            "| against | cells | fair CRPS | CRPS* |",
+            "|---|---|---|---|",
+        ]
+        for name, wv in wins.items():
+            pct = [("-" if wv[k] is None else f"{100 * wv[k]:.0f} %") for k in ("fair", "between")]
+            lines.append(f"| {fc[name]['label']} | {wv['cells']} | {pct[0]} | {pct[1]} |")
     more = res.get("more_checkpoints")
     if more:
         days = [j for j in range(h.size) if h[j] in (24.0, 48.0, 120.0, 240.0)]

@@ -433,3 +433,29 @@ def test_more_checkpoints_extrapolation_matches_a_larger_ensemble():
     assert rows[2]["rel_diff"]["z500"][0] is None  # lead 0: (c)'s CRPS is 0
     res["forecasts"]["a_bred_x_ckpts"]["members"] = "2"  # one member per checkpoint: nothing to extrapolate
     assert ex.more_checkpoints(res) is None
+
+
+def test_win_shares_count_cells_from_one_day():
+    """(a) lower in 3 of the 4 cells >= 24 h against (c) by the fair CRPS, in all 4 by CRPS*; lead 0
+    and undefined values are not cells; (b) has no CRPS*, so its fair CRPS is the reference."""
+    nan = None
+    res = {
+        "lead_hours": [0.0, 12.0, 24.0, 48.0],
+        "channels": ["z500", "u500"],
+        "forecasts": {
+            "a_bred_x_ckpts": {
+                "crps": {"z500": [0.0, 1.0, 2.0, 3.0], "u500": [0.0, 1.0, 5.0, 1.0]},
+                "crps_between": {"z500": [nan, 0.5, 1.5, 2.5], "u500": [nan, 0.5, 3.0, 0.5]},
+            },
+            "c_ckpts_only": {
+                "crps": {"z500": [0.0, 0.1, 2.5, 3.5], "u500": [0.0, 0.1, 4.0, 2.0]},
+                "crps_between": {"z500": [nan, 0.1, 2.5, 3.5], "u500": [nan, 0.1, 4.0, 2.0]},
+            },
+            "b_bred_x_1ckpt": {"crps": {"z500": [0.0, 9.0, 1.0, nan], "u500": [0.0, 9.0, 9.0, 9.0]}},
+        },
+    }
+    w = ex.win_shares(res)
+    assert w["c_ckpts_only"] == {"fair": 0.75, "between": 1.0, "cells": 4}
+    assert w["b_bred_x_1ckpt"] == {"fair": 2 / 3, "between": 2 / 3, "cells": 3}
+    res["forecasts"]["a_bred_x_ckpts"].pop("crps_between")
+    assert ex.win_shares(res)["c_ckpts_only"]["between"] is None
