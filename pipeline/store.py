@@ -23,7 +23,7 @@ Storage dtypes (error measured in docs/engine.md):
 * ``float16``: relative error <= 2**-11 for normal numbers; values with ``|x| > 65504`` overflow and
   ``|x| < 6.1e-5`` lose precision (subnormals): refused for channels whose range does not fit.
 * ``bfloat16``: float32 rounded to 8 significant bits (round to nearest even) and stored as float32
-  (readers see float32; zstd compresses the zero low bytes); relative error <= 2**-8 (= keepbits 7).
+  (readers see float32; the codec compresses the zero low bytes); relative error <= 2**-8 (= keepbits 7).
 * ``keepbits=k``: float32 mantissa rounded to ``k`` bits (bit rounding, Klöwer et al. 2021);
   relative error <= 2**-(k+1).
 
