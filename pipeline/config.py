@@ -46,6 +46,8 @@ class PerturbationConfig(_Strict):
     strength by a piecewise-linear function of lead, ``[[hours, strength], ...]`` (constant before the
     first and after the last point), e.g. ``[[0, 1], [120, 1], [240, 0.5]]`` to taper it off; a mapping
     ``{channel: points}`` gives channels their own schedules (channels not named: constant).
+    ``seed_channel``: the channel the breeding seed perturbs, or a list of channels that each get an
+    independent seed field (e.g. the geopotential at every level).
     ``noise_fraction`` (bred vectors only) mixes a spherical random field on every channel into the
     bred vector: ``R(sqrt(1 - f) d + sqrt(f) n)`` with both parts at the target norms, ``R`` the final
     rescaling to the target (0: pure bred vectors, as HENS; 1: hemispherically scaled noise).
@@ -56,7 +58,7 @@ class PerturbationConfig(_Strict):
     alpha: float = Field(0.35, gt=0)
     cycles: int = Field(3, ge=1)
     noise_fraction: float = Field(0.0, ge=0, le=1)
-    seed_channel: str = "z500"
+    seed_channel: str | list[str] = "z500"
     boundary: float = Field(20.0, ge=0, lt=90)
     length_scale_km: float = Field(500.0, gt=0)
     amplitude: dict[str, float] | None = None
@@ -68,6 +70,10 @@ class PerturbationConfig(_Strict):
 
     @model_validator(mode="after")
     def _schedule(self) -> PerturbationConfig:
+        if isinstance(self.seed_channel, list) and (
+            not self.seed_channel or len(set(self.seed_channel)) != len(self.seed_channel)
+        ):
+            raise ValueError("seed_channel needs one or more distinct channels")
         if self.noise_fraction > 0 and self.method != "bred":
             raise ValueError("noise_fraction mixes noise into bred vectors: it needs method 'bred'")
         sch = self.stochastic_schedule

@@ -235,8 +235,10 @@ def _make_plan(cfg: ForecastConfig, ds: xr.Dataset, model0: Any, device: torch.d
     if cfg.output.keep != "members":
         variables = []
     p = cfg.perturbation
-    if p.method == "bred" and p.seed_channel not in channels:
-        raise UserError(f"seed channel {p.seed_channel!r} is not a model channel")
+    if p.method == "bred":
+        unknown = [c for c in seed_channels(p) if c not in channels]
+        if unknown:
+            raise UserError(f"seed channel(s) {', '.join(map(repr, unknown))} are not model channels")
     n_pairs = 0 if p.method == "none" else p.n_pairs
     layout = MemberLayout(len(cfg.checkpoint_paths()), n_pairs)
     if cfg.batch_size == "auto":
@@ -371,6 +373,11 @@ def _store_path(run_dir: Path) -> Path:
 
 
 # ------------------------------------------------------------------------------------------ execution
+def seed_channels(p: Any) -> list[str]:
+    """The breeding seed's channel(s) of a perturbation config, as a list."""
+    return [p.seed_channel] if isinstance(p.seed_channel, str) else list(p.seed_channel)
+
+
 def make_perturbation(cfg: ForecastConfig, plan: Plan, model: Any) -> Any:
     """The perturbation method of ``cfg`` for one checkpoint (amplitudes from its 48 h RMSE)."""
     p = cfg.perturbation
@@ -394,7 +401,7 @@ def make_perturbation(cfg: ForecastConfig, plan: Plan, model: Any) -> Any:
         amp,
         plan.latitude,
         plan.longitude,
-        seed_channel=plan.channels.index(p.seed_channel),
+        seed_channel=[plan.channels.index(c) for c in seed_channels(p)],
         cycles=p.cycles,
         boundary=p.boundary,
         length_scale_km=p.length_scale_km,

@@ -128,14 +128,18 @@ def experiment_configs(
     alpha: float = 0.35,
     cycles: int = 3,
     noise_fraction: float = 0.0,
+    seed_channels: list[str] | None = None,
     stochastic: float | dict[str, float] = 0.0,
     stochastic_ramp_hours: float | dict[str, float] = 0.0,
     stochastic_schedule: list[tuple[float, float]] | dict[str, list[tuple[float, float]]] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """The four forecast configs (a)-(d); ``alpha`` (amplitude / 48 h RMSE), breeding ``cycles``, the
-    bred vectors' ``noise_fraction`` (of (a) and (b)) and the stochastic forcing (RMS / 6 h RMSE per
+    bred vectors' ``noise_fraction`` and ``seed_channels`` (of (a) and (b); None: the default seed
+    channel) and the stochastic forcing (RMS / 6 h RMSE per
     step) of (a), (b) and (d); (c) stays unperturbed."""
-    mix = {"noise_fraction": noise_fraction} if noise_fraction else {}
+    mix: dict[str, Any] = {"noise_fraction": noise_fraction} if noise_fraction else {}
+    if seed_channels:
+        mix["seed_channel"] = seed_channels[0] if len(seed_channels) == 1 else list(seed_channels)
     sched = {"stochastic_schedule": stochastic_schedule} if stochastic_schedule is not None else {}
     base = {
         "analysis": analysis,
@@ -804,6 +808,14 @@ def main(argv: list[str] | None = None) -> int:
         "(perturbation.noise_fraction; 0: pure bred vectors)",
     )
     ap.add_argument(
+        "--seed-channels",
+        type=lambda t: [c.strip() for c in t.split(",") if c.strip()],
+        default=None,
+        metavar="C,...",
+        help="channel(s) the breeding seed perturbs in (a) and (b), each with its own random field "
+        "(perturbation.seed_channel; default z500), e.g. z200,z500,z800",
+    )
+    ap.add_argument(
         "--stochastic",
         type=parse_stochastic,
         default=0.0,
@@ -870,6 +882,7 @@ def main(argv: list[str] | None = None) -> int:
         alpha=args.alpha,
         cycles=args.cycles,
         noise_fraction=args.noise_fraction,
+        seed_channels=args.seed_channels,
         stochastic=args.stochastic,
         stochastic_ramp_hours=args.stochastic_ramp,
         stochastic_schedule=args.stochastic_schedule,

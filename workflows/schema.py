@@ -263,8 +263,10 @@ class Perturbation(_Model):
         default=0.35, gt=0, description="Amplitude as a multiple of each channel's 48 h RMSE."
     )
     cycles: PositiveInt = Field(default=3, description="Breeding cycles of one time step each.")
-    seed_channel: str = Field(
-        default="z500", description="Channel the initial random seed of breeding perturbs."
+    seed_channel: str | list[str] = Field(
+        default="z500",
+        description="Channel the initial random seed of breeding perturbs, or a list of channels that "
+        "each get an independent seed (e.g. the geopotential at every level).",
     )
     length_scale_km: float = Field(
         default=500.0, gt=0, description="Correlation length of spherical noise (km)."

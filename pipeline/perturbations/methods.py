@@ -79,7 +79,8 @@ class BredVectors:
     """Hemispheric-centred bred vectors (HENS; Toth & Kalnay 1993, Mahesh et al. 2024).
 
     With analyses ``a_{-K}, ..., a_0`` spaced by the model step, the seed ``d`` is a spherical Gaussian
-    random field on the seed channel only, rescaled to the target. For ``k = -K, ..., -1``:
+    random field on the seed channel only (or independent fields on each of several seed channels,
+    e.g. the geopotential at every level), rescaled to the target. For ``k = -K, ..., -1``:
     ``c = M(a_k)`` (the control, advanced once for all pairs), ``p = M(clip(a_k + d))``,
     ``d = R(p - c)``, where ``R`` rescales each channel's extratropical hemispheric norms to
     ``target = alpha x RMSE_48h`` (:class:`HemisphericNorm`) and the bred perturbation is re-centred on the
@@ -95,7 +96,7 @@ class BredVectors:
         amplitude: torch.Tensor,
         latitude: np.ndarray,
         longitude: np.ndarray,
-        seed_channel: int,
+        seed_channel: int | Sequence[int],
         cycles: int = 3,
         boundary: float = 20.0,
         length_scale_km: float = 500.0,
@@ -108,7 +109,10 @@ class BredVectors:
             raise ValueError("noise_fraction must be in [0, 1]")
         self.noise_fraction = float(noise_fraction)
         self.amplitude = amplitude.to(torch.float32)
-        self.seed_channel = int(seed_channel)
+        seeds = [seed_channel] if isinstance(seed_channel, int) else list(seed_channel)
+        if not seeds or len(set(seeds)) != len(seeds):
+            raise ValueError("bred vectors need one or more distinct seed channels")
+        self.seed_channels = [int(c) for c in seeds]
         self.cycles = int(cycles)
         self.norm = HemisphericNorm(latitude, boundary)
         self.grf = SphericalRandomField(latitude, longitude, length_scale_km)
@@ -125,12 +129,15 @@ class BredVectors:
         if k1 != self.cycles + 1:
             raise ValueError(f"bred vectors need {self.cycles + 1} analyses, got {k1}")
         p = len(generators)
-        seed = _stack_draws(lambda g: self.grf.sample(1, g)[0], generators).to(torch.float32)  # (P, lat, lon)
+        ns = len(self.seed_channels)
+        seed = _stack_draws(lambda g: self.grf.sample(ns, g), generators).to(
+            torch.float32
+        )  # (P, S, lat, lon)
         noise = None
         if self.noise_fraction > 0:  # drawn now, after the seed, from each pair's own generator
             noise = _stack_draws(lambda g: self.grf.sample(c, g), generators).to(torch.float32)
         d = torch.zeros((p, c, nlat, nlon), dtype=torch.float32)
-        d[:, self.seed_channel] = seed
+        d[:, self.seed_channels] = seed
         d = d.to(analyses.device)
         target = self.amplitude.to(analyses.device)
         d = self.norm.rescale(d, target)

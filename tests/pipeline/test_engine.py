@@ -214,6 +214,10 @@ def test_config_errors_are_one_line(world, reference_run, tmp_path):
     with pytest.raises(UserError, match="noise_fraction"):
         run_forecast(base_config(world, perturbation={"noise_fraction": 1.2}), tmp_path / "mixed2")
     assert not (tmp_path / "mixed").exists() and not (tmp_path / "mixed2").exists()
+    with pytest.raises(UserError, match="distinct channels"):
+        run_forecast(base_config(world, perturbation={"seed_channel": ["z500", "z500"]}), tmp_path / "s2")
+    with pytest.raises(UserError, match=r"seed channel\(s\) 'z850' are not model channels"):
+        run_forecast(base_config(world, perturbation={"seed_channel": ["z500", "z850"]}), tmp_path / "s3")
 
 
 def test_float16_refuses_tiny_channels(world, tmp_path):

@@ -370,6 +370,18 @@ def test_noise_fraction_goes_to_the_bred_runs_only(tmp_path, capsys):
     assert not (tmp_path / "x").exists()
 
 
+def test_seed_channels_go_to_the_bred_runs_only():
+    from pipeline.config import ForecastConfig
+
+    cfgs = ex.experiment_configs(["c0"], ["2008-01-02T00"], 4, 2, "a", "m:f", seed_channels=["z500", "u500"])
+    p = {k: v["perturbation"] for k, v in cfgs.items()}
+    assert p["a_bred_x_ckpts"]["seed_channel"] == ["z500", "u500"] == p["b_bred_x_1ckpt"]["seed_channel"]
+    assert "seed_channel" not in p["d_noise_x_ckpts"]
+    assert ForecastConfig.model_validate(cfgs["b_bred_x_1ckpt"]).perturbation.seed_channel == ["z500", "u500"]
+    one = ex.experiment_configs(["c0"], ["2008-01-02T00"], 4, 2, "a", "m:f", seed_channels=["u500"])
+    assert one["a_bred_x_ckpts"]["perturbation"]["seed_channel"] == "u500"
+
+
 def test_noise_fraction_zero_keeps_the_identity_of_earlier_runs():
     """Runs made before ``noise_fraction`` existed still resume: at 0 it is not part of the identity.
     The hash below is what the code before the field (commit ad46420) gives for this config."""
