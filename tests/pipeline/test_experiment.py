@@ -41,7 +41,8 @@ def run(toy_world):
     (docs / "engine.md").write_text(f"# Engine\n\nbefore\n\n{ex.BEGIN}\nold table\n{ex.END}\n\nafter\n")
     argv = [str(out), "--inits", "2", "--leads", "8", "--pairs", "1", "--checkpoints", str(toy_world / "ckpts"),
             "--analysis", str(toy_world / "analysis.zarr"), "--loader", "pipeline.testing:load_toy_checkpoint",
-            "--first", "2008-01-02T00", "--last", "2008-01-03T00", "--alpha", "0.35", "--publish", str(docs)]  # fmt: skip
+            "--first", "2008-01-02T00", "--last", "2008-01-03T00", "--alpha", "0.35", "--cycles", "2",
+            "--seed-channels", "z500,u500", "--publish", str(docs)]  # fmt: skip
     assert ex.main(argv) == 0
     return {"out": out, "docs": docs, "res": json.loads((out / "results.json").read_text())}
 
@@ -53,6 +54,9 @@ def test_members_leads_and_files(run, capsys):
         "a_bred_x_ckpts": 4, "b_bred_x_1ckpt": 4, "c_ckpts_only": 2, "d_noise_x_ckpts": 4, "e_probclim": 3,
     }  # fmt: skip
     assert res["lead_hours"] == [6.0 * k for k in range(9)]
+    for name in ("a_bred_x_ckpts", "b_bred_x_1ckpt"):  # the bred runs got the cycles and seed channels
+        pert = json.loads((run["out"] / name / "config.json").read_text())["perturbation"]
+        assert pert["cycles"] == 2 and pert["seed_channel"] == ["z500", "u500"]
     assert res["inits"] == ["2008-01-02T00:00", "2008-01-03T00:00"]
     assert fc["e_probclim"]["reference_years"] == "2005,2006,2007"
     figs = sorted(p.name for p in (run["out"] / "figures").glob("*.png"))
